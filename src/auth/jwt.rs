@@ -1,0 +1,401 @@
+//! JWT verification against issuers' JWKS: the token's `iss` selects the issuer, its
+//! `kid` the key; algorithms come from an explicit allowlist (never `none`, never HMAC).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use super::{AuthError, CredentialKind, Principal};
+use crate::config::IssuerConfig;
+use crate::http_client::HttpClient;
+
+/// Tokens larger than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// JWKS documents larger than this are refused.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+/// Parses one entry of an issuer's `algorithms` list. Only asymmetric algorithms are
+/// allowed: an HMAC "key" would be the issuer's public key, which anyone can read.
+pub fn parse_allowed_algorithm(s: &str) -> Result<Algorithm, String> {
+    let alg = match s {
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        "HS256" | "HS384" | "HS512" => {
+            return Err(format!(
+                "algorithm {s} is symmetric and not allowed (use RS256, ES256 or EdDSA)"
+            ))
+        }
+        other => return Err(format!("algorithm {other:?} is not supported")),
+    };
+    Ok(alg)
+}
+
+/// Where an issuer's keys come from.
+#[derive(Clone)]
+pub enum JwksSource {
+    Url(String),
+    File(PathBuf),
+    /// Keys given in memory (the dev issuer, tests).
+    Static(JwkSet),
+}
+
+struct Key {
+    alg: Option<KeyAlgorithm>,
+    key: DecodingKey,
+}
+
+#[derive(Default)]
+struct KeySet {
+    by_kid: HashMap<String, Vec<Arc<Key>>>,
+    all: Vec<Arc<Key>>,
+}
+
+fn key_alg_matches(k: Option<KeyAlgorithm>, alg: Algorithm) -> bool {
+    let Some(k) = k else { return true };
+    matches!(
+        (k, alg),
+        (KeyAlgorithm::RS256, Algorithm::RS256)
+            | (KeyAlgorithm::RS384, Algorithm::RS384)
+            | (KeyAlgorithm::RS512, Algorithm::RS512)
+            | (KeyAlgorithm::PS256, Algorithm::PS256)
+            | (KeyAlgorithm::PS384, Algorithm::PS384)
+            | (KeyAlgorithm::PS512, Algorithm::PS512)
+            | (KeyAlgorithm::ES256, Algorithm::ES256)
+            | (KeyAlgorithm::ES384, Algorithm::ES384)
+            | (KeyAlgorithm::EdDSA, Algorithm::EdDSA)
+    )
+}
+
+impl KeySet {
+    /// Keeps signing keys of asymmetric types; skips `use: enc` and symmetric keys.
+    fn from_jwks(set: &JwkSet) -> KeySet {
+        let mut ks = KeySet::default();
+        for jwk in &set.keys {
+            if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+                continue;
+            }
+            if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+                continue;
+            }
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
+            let key = Arc::new(Key {
+                alg: jwk.common.key_algorithm,
+                key,
+            });
+            if let Some(kid) = &jwk.common.key_id {
+                ks.by_kid.entry(kid.clone()).or_default().push(key.clone());
+            }
+            ks.all.push(key);
+        }
+        ks
+    }
+
+    fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<Key>> {
+        let candidates = match kid {
+            Some(kid) => self.by_kid.get(kid)?,
+            None => &self.all,
+        };
+        let mut fitting = candidates.iter().filter(|k| key_alg_matches(k.alg, alg));
+        let first = fitting.next()?;
+        // Without a kid, an unambiguous key is required.
+        if kid.is_none() && fitting.next().is_some() {
+            return None;
+        }
+        Some(first.clone())
+    }
+}
+
+/// One trusted issuer and its keys.
+pub struct Issuer {
+    pub issuer: String,
+    audiences: Vec<String>,
+    algorithms: Vec<Algorithm>,
+    leeway: Duration,
+    user_claim: String,
+    groups_claim: Option<String>,
+    group_prefix: String,
+    source: JwksSource,
+    keys: ArcSwap<KeySet>,
+    refresh: tokio::sync::Mutex<Option<Instant>>,
+    cooldown: Duration,
+    pub refresh_interval: Duration,
+    client: Option<HttpClient>,
+}
+
+impl Issuer {
+    pub fn new(cfg: &IssuerConfig, client: Option<HttpClient>) -> Result<Issuer, String> {
+        let source = match (&cfg.jwks_url, &cfg.jwks_file) {
+            (Some(u), None) => JwksSource::Url(u.clone()),
+            (None, Some(f)) => JwksSource::File(f.clone()),
+            _ => return Err("set exactly one of jwks_url and jwks_file".into()),
+        };
+        Self::with_source(cfg, source, client)
+    }
+
+    pub fn with_source(
+        cfg: &IssuerConfig,
+        source: JwksSource,
+        client: Option<HttpClient>,
+    ) -> Result<Issuer, String> {
+        let algorithms = cfg
+            .algorithms
+            .iter()
+            .map(|a| parse_allowed_algorithm(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = match &source {
+            JwksSource::Static(set) => KeySet::from_jwks(set),
+            _ => KeySet::default(),
+        };
+        Ok(Issuer {
+            issuer: cfg.issuer.clone(),
+            audiences: cfg.audiences.clone(),
+            algorithms,
+            leeway: cfg.leeway.0,
+            user_claim: cfg.user_claim.clone(),
+            groups_claim: cfg.groups_claim.clone(),
+            group_prefix: cfg.group_prefix.clone(),
+            source,
+            keys: ArcSwap::from_pointee(keys),
+            refresh: tokio::sync::Mutex::new(None),
+            cooldown: cfg.jwks_refresh_cooldown.0,
+            refresh_interval: cfg.jwks_refresh_interval.0,
+            client,
+        })
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.load().all.len()
+    }
+
+    async fn fetch(&self) -> Result<JwkSet, String> {
+        let bytes = match &self.source {
+            JwksSource::Static(set) => return Ok(set.clone()),
+            JwksSource::File(p) => tokio::fs::read(p)
+                .await
+                .map_err(|e| format!("reading {}: {e}", p.display()))?,
+            JwksSource::Url(u) => {
+                let client = self.client.as_ref().ok_or("no HTTP client for JWKS")?;
+                client
+                    .get_bytes(u, MAX_JWKS_BYTES, Duration::from_secs(10))
+                    .await?
+                    .to_vec()
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|e| format!("JWKS is not valid JSON: {e}"))
+    }
+
+    /// Fetches keys now; on failure the last good keys stay in use.
+    pub async fn refresh_now(&self) -> Result<usize, String> {
+        let mut last = self.refresh.lock().await;
+        *last = Some(Instant::now());
+        let set = self.fetch().await?;
+        let ks = KeySet::from_jwks(&set);
+        let n = ks.all.len();
+        if n == 0 {
+            return Err("the JWKS holds no usable signing keys".into());
+        }
+        self.keys.store(Arc::new(ks));
+        Ok(n)
+    }
+
+    /// On an unknown kid: one fetch for a whole burst (single-flight), and none within
+    /// the cooldown of the previous one, so bad tokens cannot make us hammer the IdP.
+    async fn refresh_for_unknown_kid(&self, seen: &Arc<KeySet>) {
+        let mut last = self.refresh.lock().await;
+        if !Arc::ptr_eq(seen, &self.keys.load_full()) {
+            return; // someone refreshed while we waited
+        }
+        if matches!(*last, Some(t) if t.elapsed() < self.cooldown) {
+            return;
+        }
+        *last = Some(Instant::now());
+        match self.fetch().await {
+            Ok(set) => {
+                let ks = KeySet::from_jwks(&set);
+                if !ks.all.is_empty() {
+                    self.keys.store(Arc::new(ks));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; keeping last good keys")
+            }
+        }
+    }
+
+    async fn verify(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+    ) -> Result<Principal, AuthError> {
+        let alg = header.alg;
+        if !self.algorithms.contains(&alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        let kid = header.kid.as_deref();
+        let mut keys = self.keys.load_full();
+        let key = match keys.find(kid, alg) {
+            Some(k) => k,
+            None => {
+                if !matches!(self.source, JwksSource::Static(_)) {
+                    self.refresh_for_unknown_kid(&keys).await;
+                    keys = self.keys.load_full();
+                }
+                if keys.all.is_empty() {
+                    return Err(AuthError::KeysUnavailable);
+                }
+                keys.find(kid, alg).ok_or(AuthError::UnknownKey)?
+            }
+        };
+        let mut v = Validation::new(alg);
+        v.algorithms = vec![alg];
+        v.leeway = self.leeway.as_secs();
+        v.validate_nbf = true;
+        v.validate_exp = true;
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&self.audiences);
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<Value>(token, &key.key, &v).map_err(map_jwt_error)?;
+        self.principal(&data.claims)
+    }
+
+    fn principal(&self, claims: &Value) -> Result<Principal, AuthError> {
+        let user = claim_path(claims, &self.user_claim)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or_else(|| AuthError::MissingUser(self.user_claim.clone()))?
+            .to_string();
+        let mut groups = Vec::new();
+        if let Some(gc) = &self.groups_claim {
+            match claim_path(claims, gc) {
+                Some(Value::Array(a)) => {
+                    groups.extend(a.iter().filter_map(Value::as_str).map(str::to_string))
+                }
+                Some(Value::String(s)) => groups.extend(s.split_whitespace().map(str::to_string)),
+                _ => {}
+            }
+        }
+        groups.truncate(512);
+        let groups = groups
+            .into_iter()
+            .map(|g| format!("{}{g}", self.group_prefix))
+            .collect();
+        Ok(Principal {
+            user,
+            groups,
+            issuer: self.issuer.clone(),
+            credential: CredentialKind::Jwt,
+        })
+    }
+}
+
+/// A dotted claim path (`realm_access.roles`); an exact top-level key wins first, since
+/// some IdPs use URLs with dots as claim names.
+fn claim_path<'a>(claims: &'a Value, path: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    path.split('.').try_fold(claims, |v, part| v.get(part))
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.kind() {
+        K::ExpiredSignature => AuthError::Expired,
+        K::ImmatureSignature => AuthError::NotYetValid,
+        K::InvalidAudience => AuthError::WrongAudience,
+        K::InvalidIssuer => AuthError::WrongIssuer,
+        K::InvalidSignature => AuthError::BadSignature,
+        K::InvalidAlgorithm | K::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed,
+        K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => AuthError::Malformed,
+        K::MissingRequiredClaim(_) => AuthError::Invalid,
+        _ => AuthError::Invalid,
+    }
+}
+
+/// All trusted issuers.
+#[derive(Default)]
+pub struct JwtVerifier {
+    issuers: HashMap<String, Arc<Issuer>>,
+}
+
+impl JwtVerifier {
+    pub fn new(issuers: Vec<Issuer>) -> Self {
+        JwtVerifier {
+            issuers: issuers
+                .into_iter()
+                .map(|i| (i.issuer.clone(), Arc::new(i)))
+                .collect(),
+        }
+    }
+
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<Issuer>> {
+        self.issuers.values()
+    }
+
+    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let iss = unverified_issuer(token).ok_or(AuthError::Malformed)?;
+        let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
+        issuer.verify(token, &header).await
+    }
+}
+
+/// The `iss` claim read without verification, only to choose which keys to verify with.
+fn unverified_issuer(token: &str) -> Option<String> {
+    let mut parts = token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("iss")?.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowlist_refuses_symmetric_and_none() {
+        assert!(parse_allowed_algorithm("RS256").is_ok());
+        assert!(parse_allowed_algorithm("EdDSA").is_ok());
+        assert!(parse_allowed_algorithm("HS256").is_err());
+        assert!(parse_allowed_algorithm("none").is_err());
+        assert!(parse_allowed_algorithm("rs256").is_err());
+    }
+
+    #[test]
+    fn claim_paths() {
+        let v = serde_json::json!({"realm_access": {"roles": ["a"]}, "https://x.org/g": ["b"]});
+        assert_eq!(
+            claim_path(&v, "realm_access.roles"),
+            Some(&serde_json::json!(["a"]))
+        );
+        assert_eq!(
+            claim_path(&v, "https://x.org/g"),
+            Some(&serde_json::json!(["b"]))
+        );
+        assert_eq!(claim_path(&v, "nope.x"), None);
+    }
+}

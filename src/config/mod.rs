@@ -1,0 +1,526 @@
+//! The gateway's configuration: typed TOML, `${ENV}` references, validated in full before
+//! any socket is bound. Every key is documented in `config/gateway.example.toml`.
+
+mod values;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use values::{Dur, Size};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub vault: VaultConfig,
+    #[serde(default)]
+    pub projects: BTreeMap<String, ProjectConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Health and readiness endpoints live on their own listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Dur,
+    /// Log format: "text" or "json".
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
+            shutdown_grace: Dur(Duration::from_secs(30)),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_urlencoded_body: Size,
+    pub max_multipart_body: Size,
+    /// The largest non-file field of a multipart body.
+    pub max_multipart_field: Size,
+    /// PHP's max_input_vars on the REDCap server: bodies with more are rejected.
+    pub max_input_vars: usize,
+    /// PHP's max_input_nesting_level on the REDCap server.
+    pub max_input_nesting_level: usize,
+    /// How long a client may take to send its body.
+    pub body_timeout: Dur,
+    /// Requests handled at once; more are answered 503.
+    pub max_concurrent_requests: usize,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: Size,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_urlencoded_body: Size(64 << 20),
+            max_multipart_body: Size(100 << 20),
+            max_multipart_field: Size(16 << 20),
+            max_input_vars: 1000,
+            max_input_nesting_level: 64,
+            body_timeout: Dur(Duration::from_secs(60)),
+            max_concurrent_requests: 1024,
+            max_header_bytes: Size(64 << 10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// REDCap's base URL; the gateway calls `{url}/api/`.
+    pub url: String,
+    /// Extra CA certificates (PEM) trusted besides the system roots.
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Time until REDCap starts answering (large exports stream after that).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+    #[serde(default = "default_pool_idle")]
+    pub pool_idle_timeout: Dur,
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle_per_host: usize,
+    /// Plain http:// to a non-loopback host must be allowed explicitly.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_request_timeout() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_pool_idle() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_pool_max_idle() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Must equal the token's `iss` exactly.
+    pub issuer: String,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub audiences: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+    /// Claim naming the user; dotted paths reach nested claims.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// Claim holding groups: an array of strings or a space-separated string.
+    pub groups_claim: Option<String>,
+    /// Prefix added to every group of this issuer, so two issuers cannot collide.
+    #[serde(default)]
+    pub group_prefix: String,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_interval: Dur,
+    /// Least time between two fetches caused by unknown key ids.
+    #[serde(default = "default_jwks_cooldown")]
+    pub jwks_refresh_cooldown: Dur,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_leeway() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_user_claim() -> String {
+    "preferred_username".into()
+}
+fn default_jwks_refresh() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_jwks_cooldown() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// How often token files are checked for changes (Kubernetes replaces them).
+    pub reload_interval: Dur,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self {
+            reload_interval: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// `env:NAME`, `file:/path` or `dir:/path` (a file named after the project).
+    pub token: String,
+    /// REDCap username that owns the token (protected from user changes).
+    pub token_owner: Option<String>,
+    #[serde(default)]
+    pub grants: Vec<GrantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// `content:action` pairs (`record:export`, `user:*`) or bundles (`read`).
+    pub allow: Vec<String>,
+}
+
+/// Everything wrong with a config, listed together.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses TOML, expands `${NAME}` in string values (after parsing, so an environment
+    /// value can never change the file's structure), then checks types and unknown keys.
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut missing = Vec::new();
+        expand_env(&mut value, "", env, &mut missing);
+        if !missing.is_empty() {
+            return Err(ConfigError::Invalid(missing));
+        }
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks that types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        match http::Uri::try_from(self.upstream.url.as_str()) {
+            Ok(uri) => {
+                let scheme = uri.scheme_str().unwrap_or("");
+                let host = uri.host().unwrap_or("");
+                if scheme != "https" && scheme != "http" {
+                    errs.push(format!(
+                        "upstream.url must be http(s)://, got {:?}",
+                        self.upstream.url
+                    ));
+                }
+                if scheme == "http" && !is_loopback_host(host) && !self.upstream.allow_plain_http {
+                    errs.push(
+                        "upstream.url is plain http to a non-loopback host: use https, or set upstream.allow_plain_http = true".into(),
+                    );
+                }
+                if uri.query().is_some() {
+                    errs.push("upstream.url must not have a query string".into());
+                }
+            }
+            Err(e) => errs.push(format!("upstream.url is not a URL: {e}")),
+        }
+        if let Some(ca) = &self.upstream.ca_file {
+            if let Err(e) = std::fs::metadata(ca) {
+                errs.push(format!("upstream.ca_file {}: {e}", ca.display()));
+            }
+        }
+        let l = &self.limits;
+        if l.max_input_vars < 10 {
+            errs.push("limits.max_input_vars must be at least 10".into());
+        }
+        if l.max_input_nesting_level < 1 {
+            errs.push("limits.max_input_nesting_level must be at least 1".into());
+        }
+        if l.max_concurrent_requests == 0 {
+            errs.push("limits.max_concurrent_requests must be at least 1".into());
+        }
+        if l.max_header_bytes.0 < 8192 {
+            errs.push("limits.max_header_bytes must be at least 8192".into());
+        }
+        let mut seen_iss = std::collections::HashSet::new();
+        for (i, iss) in self.auth.issuers.iter().enumerate() {
+            let at = format!("auth.issuers[{i}]");
+            if !seen_iss.insert(&iss.issuer) {
+                errs.push(format!("{at}: issuer {:?} is configured twice", iss.issuer));
+            }
+            match (&iss.jwks_url, &iss.jwks_file) {
+                (None, None) => errs.push(format!("{at}: set jwks_url or jwks_file")),
+                (Some(_), Some(_)) => {
+                    errs.push(format!("{at}: set only one of jwks_url and jwks_file"))
+                }
+                (None, Some(f)) => {
+                    if let Err(e) = std::fs::metadata(f) {
+                        errs.push(format!("{at}: jwks_file {}: {e}", f.display()));
+                    }
+                }
+                (Some(u), None) => {
+                    if !(u.starts_with("https://") || u.starts_with("http://")) {
+                        errs.push(format!("{at}: jwks_url must be an http(s) URL"));
+                    }
+                }
+            }
+            if iss.audiences.is_empty() {
+                errs.push(format!("{at}: audiences must list at least one audience"));
+            }
+            if iss.algorithms.is_empty() {
+                errs.push(format!("{at}: algorithms must list at least one algorithm"));
+            }
+            for alg in &iss.algorithms {
+                if let Err(e) = crate::auth::jwt::parse_allowed_algorithm(alg) {
+                    errs.push(format!("{at}: {e}"));
+                }
+            }
+            if iss.leeway.0 > Duration::from_secs(300) {
+                errs.push(format!("{at}: leeway over 5 minutes is not allowed"));
+            }
+        }
+        for (name, p) in &self.projects {
+            let at = format!("projects.{name}");
+            if !is_project_name(name) {
+                errs.push(format!(
+                    "{at}: project names may use letters, digits, '-' and '_' only"
+                ));
+            }
+            if let Err(e) = crate::vault::TokenSource::parse(&p.token) {
+                errs.push(format!("{at}.token: {e}"));
+            }
+            for (i, g) in p.grants.iter().enumerate() {
+                if g.groups.is_empty() && g.users.is_empty() {
+                    errs.push(format!("{at}.grants[{i}]: name at least one group or user"));
+                }
+                for a in &g.allow {
+                    if let Err(e) = crate::policy::Permission::parse(a) {
+                        errs.push(format!("{at}.grants[{i}]: {e}"));
+                    }
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+}
+
+pub fn is_project_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// Replaces `${NAME}` in every string; `$${` stands for a literal `${`.
+fn expand_env(
+    v: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    missing: &mut Vec<String>,
+) {
+    match v {
+        toml::Value::String(s) if s.contains("${") => match expand_str(s, env) {
+            Ok(out) => *s = out,
+            Err(name) => missing.push(format!("{path}: environment variable {name} is not set")),
+        },
+        toml::Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                expand_env(x, &format!("{path}[{i}]"), env, missing);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                expand_env(x, &p, env, missing);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("(unclosed ${{ in {s:?})"));
+        };
+        let name = &after[..end];
+        out.push_str(&env(name).ok_or_else(|| name.to_string())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+        [upstream]
+        url = "http://127.0.0.1:1"
+    "#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = Config::from_toml(MIN, &no_env).unwrap();
+        assert_eq!(c.limits.max_input_vars, 1000);
+        assert_eq!(c.upstream.request_timeout.0, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::from_toml(&format!("{MIN}\nlimts = 1"), &no_env).unwrap_err();
+        assert!(e.to_string().contains("limts"), "{e}");
+        let e = Config::from_toml(&format!("{MIN}\nverify = false"), &no_env).unwrap_err();
+        assert!(e.to_string().contains("verify"), "{e}");
+    }
+
+    #[test]
+    fn env_references_expand_and_missing_ones_are_named() {
+        let text = "[upstream]\nurl = \"${UP}/redcap\"\n";
+        let c =
+            Config::from_toml(text, &|k| (k == "UP").then(|| "https://r.example".into())).unwrap();
+        assert_eq!(c.upstream.url, "https://r.example/redcap");
+        let e = Config::from_toml(text, &no_env).unwrap_err().to_string();
+        assert!(e.contains("upstream.url") && e.contains("UP"), "{e}");
+    }
+
+    #[test]
+    fn env_values_cannot_inject_toml() {
+        let text = "[upstream]\nurl = \"${UP}\"\n";
+        let evil = "http://127.0.0.1:1\"\nallow_plain_http = true\n#";
+        let e = Config::from_toml(text, &|_| Some(evil.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a URL") || e.contains("upstream.url"), "{e}");
+    }
+
+    #[test]
+    fn literal_dollar_brace() {
+        assert_eq!(expand_str("a$${b}", &no_env).unwrap(), "a${b}");
+    }
+
+    #[test]
+    fn plain_http_to_remote_needs_opt_in() {
+        let text = "[upstream]\nurl = \"http://redcap.example.edu\"\n";
+        let e = Config::from_toml(text, &no_env).unwrap_err().to_string();
+        assert!(e.contains("allow_plain_http"), "{e}");
+    }
+
+    #[test]
+    fn every_error_is_listed() {
+        let text = r#"
+            [upstream]
+            url = "ftp://x"
+            [limits]
+            max_input_vars = 1
+            [[auth.issuers]]
+            issuer = "https://idp"
+            audiences = []
+            algorithms = ["HS256", "none"]
+            [projects."bad name"]
+            token = "vault:x"
+        "#;
+        let e = Config::from_toml(text, &no_env).unwrap_err().to_string();
+        for needle in [
+            "ftp",
+            "max_input_vars",
+            "jwks_url",
+            "audiences",
+            "HS256",
+            "none",
+            "bad name",
+            "vault:x",
+        ] {
+            assert!(e.contains(needle), "missing {needle} in {e}");
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Per-request facts that outer layers (rescue, audit, metrics) need after inner layers
+//! learned them. Inner layers fill it in; it travels in the request's extensions.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::auth::Principal;
+use crate::redcap::ReturnFormat;
+
+/// A summary of the call, safe to log (no data, no token).
+#[derive(Debug, Clone)]
+pub struct CallSummary {
+    pub content: String,
+    pub action: String,
+    pub format: &'static str,
+    pub return_format: &'static str,
+    pub users: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct RequestContext {
+    pub project: OnceLock<String>,
+    pub principal: OnceLock<Principal>,
+    pub call: OnceLock<CallSummary>,
+    error_format: Mutex<Option<ReturnFormat>>,
+    pub denial: OnceLock<Vec<String>>,
+}
+
+impl RequestContext {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The format errors are answered in; JSON until the body says otherwise.
+    pub fn error_format(&self) -> ReturnFormat {
+        self.error_format
+            .lock()
+            .map(|g| g.unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    pub fn set_error_format(&self, f: ReturnFormat) {
+        if let Ok(mut g) = self.error_format.lock() {
+            *g = Some(f);
+        }
+    }
+}
+
+/// The peer's address, set by the server for each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);

@@ -1,0 +1,120 @@
+//! Every failure on the request path as data, and the one table that maps it to an HTTP
+//! status and a REDCap-shaped body (used by the rescue layer, and nowhere else).
+
+use http::StatusCode;
+
+use crate::auth::AuthError;
+use crate::redcap::multipart::MultipartError;
+use crate::redcap::{CallError, FormError};
+
+/// Which side caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Gateway,
+    Upstream,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("not found: the REDCap API is served at POST /p/{{project}}/api/")]
+    NotFound,
+    #[error("method not allowed: the REDCap API accepts POST only")]
+    MethodNotAllowed,
+    #[error("unknown project {0:?}")]
+    UnknownProject(String),
+    #[error("{0}")]
+    Unauthenticated(#[from] AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(u64),
+    #[error(
+        "unsupported Content-Type: send application/x-www-form-urlencoded or multipart/form-data"
+    )]
+    UnsupportedMediaType,
+    #[error("the request body was not received in time")]
+    BodyTimeout,
+    #[error("the gateway is handling too many requests; retry shortly")]
+    Overloaded,
+    #[error("the gateway is shutting down; retry shortly")]
+    ShuttingDown,
+    #[error("the project's REDCap token is not available")]
+    TokenUnavailable,
+    #[error("REDCap could not be reached")]
+    UpstreamUnreachable,
+    #[error("REDCap did not answer in time")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            NotFound | UnknownProject(_) => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            BadRequest(_) => StatusCode::BAD_REQUEST,
+            PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Overloaded | ShuttingDown | TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        use GatewayError::*;
+        match self {
+            Overloaded | ShuttingDown | TokenUnavailable => Side::Gateway,
+            UpstreamUnreachable | UpstreamTimeout => Side::Upstream,
+            _ => Side::Client,
+        }
+    }
+
+    /// A short stable label (metrics, audit).
+    pub fn kind(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            UnknownProject(_) => "unknown_project",
+            Unauthenticated(_) => "unauthenticated",
+            Forbidden(_) => "forbidden",
+            BadRequest(_) => "bad_request",
+            PayloadTooLarge(_) => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            BodyTimeout => "body_timeout",
+            Overloaded => "overloaded",
+            ShuttingDown => "shutting_down",
+            TokenUnavailable => "token_unavailable",
+            UpstreamUnreachable => "upstream_unreachable",
+            UpstreamTimeout => "upstream_timeout",
+        }
+    }
+}
+
+impl From<FormError> for GatewayError {
+    fn from(e: FormError) -> Self {
+        GatewayError::BadRequest(e.to_string())
+    }
+}
+
+impl From<CallError> for GatewayError {
+    fn from(e: CallError) -> Self {
+        GatewayError::BadRequest(e.to_string())
+    }
+}
+
+impl From<MultipartError> for GatewayError {
+    fn from(e: MultipartError) -> Self {
+        match e {
+            MultipartError::BodyTooLarge => GatewayError::PayloadTooLarge(0),
+            other => GatewayError::BadRequest(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Forward: the innermost service. Sends the rewritten request to `{upstream}/api/` (never
+//! with a query string) over the pooled client and streams REDCap's answer back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HOST};
+use http::{Request, Uri};
+use tower::Service;
+
+use crate::body::boxed;
+use crate::error::GatewayError;
+use crate::http_client::ClientHandle;
+use crate::layers::{Req, Resp, Result};
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// `{url}/api/`; a URL that already ends in `/api` or `/api/` is used as it is.
+pub fn api_uri(base: &str) -> std::result::Result<Uri, String> {
+    let base = base.trim_end_matches('/');
+    let full = if base.ends_with("/api") {
+        format!("{base}/")
+    } else {
+        format!("{base}/api/")
+    };
+    full.parse::<Uri>()
+        .map_err(|e| format!("upstream URL {full:?}: {e}"))
+}
+
+#[derive(Clone)]
+pub struct Forward {
+    client: ClientHandle,
+    api: Arc<Uri>,
+    timeout: Duration,
+}
+
+impl Forward {
+    pub fn new(client: ClientHandle, api: Uri, timeout: Duration) -> Self {
+        Forward {
+            client,
+            api: Arc::new(api),
+            timeout,
+        }
+    }
+}
+
+impl Service<Req> for Forward {
+    type Response = Resp;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let mut out = Request::post((*this.api).clone())
+                .body(body)
+                .map_err(|_| GatewayError::UpstreamUnreachable)?;
+            let mut headers = parts.headers;
+            strip_hop_by_hop(&mut headers);
+            headers.remove(HOST);
+            headers.remove(http::header::EXPECT);
+            *out.headers_mut() = headers;
+            let sent = tokio::time::timeout(this.timeout, this.client.inner.request(out)).await;
+            let resp = match sent {
+                Err(_) => return Err(GatewayError::UpstreamTimeout),
+                Ok(Err(e)) => {
+                    if let Some(err) = find_cause::<crate::redcap::multipart::MultipartError>(&e) {
+                        return Err(GatewayError::BadRequest(err.to_string()));
+                    }
+                    tracing::warn!(error = %e, "upstream request failed");
+                    return Err(GatewayError::UpstreamUnreachable);
+                }
+                Ok(Ok(r)) => r,
+            };
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(Resp::from_parts(
+                parts,
+                boxed::<hyper::body::Incoming>(body),
+            ))
+        })
+    }
+}
+
+/// Finds an error of type T in a source chain (a client body error surfaces wrapped).
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_uris() {
+        assert_eq!(
+            api_uri("https://r.example.edu").unwrap(),
+            "https://r.example.edu/api/"
+        );
+        assert_eq!(
+            api_uri("https://r.example.edu/redcap/").unwrap(),
+            "https://r.example.edu/redcap/api/"
+        );
+        assert_eq!(
+            api_uri("https://r.example.edu/api").unwrap(),
+            "https://r.example.edu/api/"
+        );
+        assert_eq!(
+            api_uri("https://r.example.edu/api/").unwrap(),
+            "https://r.example.edu/api/"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "5".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+}

@@ -1,0 +1,112 @@
+//! Authenticate: a Bearer JWT becomes a `Principal`; the client's Authorization header
+//! is removed so it can never reach REDCap. Without valid credentials: 401.
+
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+
+use super::step::{Step, StepLayer};
+use super::{Req, Result};
+use crate::auth::jwt::JwtVerifier;
+use crate::auth::AuthError;
+use crate::body::collect_limited;
+use crate::context::RequestContext;
+use crate::error::GatewayError;
+use crate::redcap::call::sniff_return_format;
+use crate::redcap::php_form::{parse_urlencoded, PhpLimits};
+use crate::redcap::ReturnFormat;
+
+/// Small unauthenticated bodies are read to answer the error in the client's format.
+const SNIFF_LIMIT: u64 = 64 * 1024;
+
+#[derive(Clone)]
+pub struct Authenticate {
+    jwt: Arc<JwtVerifier>,
+}
+
+pub type AuthenticateLayer = StepLayer<Authenticate>;
+
+impl Authenticate {
+    pub fn layer(jwt: Arc<JwtVerifier>) -> AuthenticateLayer {
+        StepLayer(Authenticate { jwt })
+    }
+
+    async fn principal(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> std::result::Result<crate::auth::Principal, AuthError> {
+        let token = bearer_token(headers)?;
+        self.jwt.verify(token).await
+    }
+}
+
+/// The token of the one `Authorization: Bearer` header.
+fn bearer_token(headers: &http::HeaderMap) -> std::result::Result<&str, AuthError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(if headers.contains_key(AUTHORIZATION) {
+            AuthError::Malformed
+        } else {
+            AuthError::Missing
+        });
+    };
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::BadScheme)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::BadScheme);
+    }
+    Ok(token.trim())
+}
+
+/// The error format of an unauthenticated request, from a small urlencoded body only.
+async fn sniff_error_format(req: Req) -> ReturnFormat {
+    let is_form = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    let small = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= SNIFF_LIMIT);
+    if !(is_form && small) {
+        return ReturnFormat::Json;
+    }
+    let read = collect_limited(req.into_body(), SNIFF_LIMIT as usize);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {
+        Ok(Ok(bytes)) => match parse_urlencoded(&bytes, PhpLimits::default()) {
+            Ok(form) => sniff_return_format(&form),
+            Err(_) => ReturnFormat::Json,
+        },
+        _ => ReturnFormat::Json,
+    }
+}
+
+impl Step for Authenticate {
+    async fn apply(&self, mut req: Req) -> Result<Req> {
+        let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
+        let headers = std::mem::take(req.headers_mut());
+        let verified = self.principal(&headers).await;
+        *req.headers_mut() = headers;
+        match verified {
+            Ok(p) => {
+                req.headers_mut().remove(AUTHORIZATION);
+                if let Some(ctx) = &ctx {
+                    let _ = ctx.principal.set(p.clone());
+                }
+                req.extensions_mut().insert(p);
+                Ok(req)
+            }
+            Err(e) => {
+                if let Some(ctx) = ctx {
+                    ctx.set_error_format(sniff_error_format(req).await);
+                }
+                Err(GatewayError::Unauthenticated(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Limits: a cap on requests in flight (more are answered 503 at once, never queued
+//! without bound), and refusal of new work while the gateway drains for shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+use super::{Req, Resp, Result};
+use crate::error::GatewayError;
+
+#[derive(Clone)]
+pub struct LimitsLayer {
+    permits: Arc<Semaphore>,
+    draining: Arc<AtomicBool>,
+}
+
+impl LimitsLayer {
+    pub fn new(max_concurrent: usize, draining: Arc<AtomicBool>) -> Self {
+        LimitsLayer {
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+            draining,
+        }
+    }
+}
+
+impl<S> Layer<S> for LimitsLayer {
+    type Service = Limits<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Limits {
+            inner,
+            limits: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Limits<S> {
+    inner: S,
+    limits: LimitsLayer,
+}
+
+impl<S> Service<Req> for Limits<S>
+where
+    S: Service<Req, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limits = self.limits.clone();
+        Box::pin(async move {
+            if limits.draining.load(Ordering::Relaxed) {
+                return Err(GatewayError::ShuttingDown);
+            }
+            let _permit = limits
+                .permits
+                .try_acquire_owned()
+                .map_err(|_| GatewayError::Overloaded)?;
+            inner.call(req).await
+        })
+    }
+}

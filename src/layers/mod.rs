@@ -1,0 +1,20 @@
+//! The gateway's middleware, one module per layer. The order is written in `stack.rs`.
+
+pub mod access_log;
+pub mod authenticate;
+pub mod limits;
+pub mod parse;
+pub mod policy;
+pub mod rescue;
+pub mod route;
+pub mod step;
+pub mod vault;
+
+use http::{Request, Response};
+
+use crate::body::Body;
+use crate::error::GatewayError;
+
+pub type Req = Request<Body>;
+pub type Resp = Response<Body>;
+pub type Result<T> = std::result::Result<T, GatewayError>;

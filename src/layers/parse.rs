@@ -1,0 +1,156 @@
+//! Parse: the form body (urlencoded, or multipart with a streamed file part) becomes a
+//! `RedcapCall`, read exactly as PHP (and so REDCap) would read it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http_body_util::BodyExt;
+
+use super::step::{Step, StepLayer};
+use super::{Req, Result};
+use crate::body::{collect_limited, CollectError};
+use crate::context::{CallSummary, RequestContext};
+use crate::error::GatewayError;
+use crate::redcap::call::sniff_return_format;
+use crate::redcap::multipart::{read_multipart, MultipartForm, MultipartLimits};
+use crate::redcap::php_form::{parse_urlencoded, ParsedForm, PhpLimits};
+use crate::redcap::RedcapCall;
+
+/// The body as read: what the vault step re-serializes for REDCap.
+pub enum FormBody {
+    Urlencoded { raw: Bytes, form: ParsedForm },
+    Multipart(Box<MultipartForm>),
+}
+
+/// The parsed request, travelling in extensions (taken once by the vault step).
+#[derive(Clone)]
+pub struct ParsedBody(Arc<Mutex<Option<FormBody>>>);
+
+impl ParsedBody {
+    pub fn take(&self) -> Option<FormBody> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    pub php: PhpLimits,
+    pub max_urlencoded: u64,
+    pub max_multipart: u64,
+    pub max_multipart_field: usize,
+    pub body_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct Parse {
+    limits: ParseLimits,
+}
+
+pub type ParseLayer = StepLayer<Parse>;
+
+impl Parse {
+    pub fn layer(limits: ParseLimits) -> ParseLayer {
+        StepLayer(Parse { limits })
+    }
+}
+
+enum Kind {
+    Urlencoded,
+    Multipart(String),
+}
+
+fn kind(req: &Req) -> Result<Kind> {
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(GatewayError::UnsupportedMediaType)?;
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-www-form-urlencoded" => Ok(Kind::Urlencoded),
+        "multipart/form-data" => multer::parse_boundary(ct)
+            .map(Kind::Multipart)
+            .map_err(|_| {
+                GatewayError::BadRequest("the multipart Content-Type has no boundary".into())
+            }),
+        _ => Err(GatewayError::UnsupportedMediaType),
+    }
+}
+
+fn content_length(req: &Req) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl Step for Parse {
+    async fn apply(&self, mut req: Req) -> Result<Req> {
+        let l = self.limits;
+        let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
+        let kind = kind(&req)?;
+        let max = match kind {
+            Kind::Urlencoded => l.max_urlencoded,
+            Kind::Multipart(_) => l.max_multipart,
+        };
+        if content_length(&req).is_some_and(|n| n > max) {
+            return Err(GatewayError::PayloadTooLarge(max));
+        }
+        let body = std::mem::take(req.body_mut());
+        let (form, parsed) = match kind {
+            Kind::Urlencoded => {
+                let raw = tokio::time::timeout(l.body_timeout, collect_limited(body, max as usize))
+                    .await
+                    .map_err(|_| GatewayError::BodyTimeout)?
+                    .map_err(|e| match e {
+                        CollectError::TooLarge => GatewayError::PayloadTooLarge(max),
+                        CollectError::Read(_) => {
+                            GatewayError::BadRequest("the request body could not be read".into())
+                        }
+                    })?;
+                let form = parse_urlencoded(&raw, l.php)?;
+                (form.clone(), FormBody::Urlencoded { raw, form })
+            }
+            Kind::Multipart(boundary) => {
+                let limits = MultipartLimits {
+                    php: l.php,
+                    max_body: max,
+                    max_field: l.max_multipart_field,
+                };
+                let stream = body.into_data_stream();
+                let mp =
+                    tokio::time::timeout(l.body_timeout, read_multipart(stream, boundary, limits))
+                        .await
+                        .map_err(|_| GatewayError::BodyTimeout)??;
+                (mp.form.clone(), FormBody::Multipart(Box::new(mp)))
+            }
+        };
+        if let Some(ctx) = &ctx {
+            ctx.set_error_format(sniff_return_format(&form));
+        }
+        let call = RedcapCall::from_form(&form)?;
+        if let Some(ctx) = &ctx {
+            ctx.set_error_format(call.return_format);
+            let _ = ctx.call.set(CallSummary {
+                content: call.content.clone(),
+                action: call.operation.as_str().to_string(),
+                format: call.format.as_str(),
+                return_format: call.return_format.as_str(),
+                users: call.users.clone(),
+            });
+        }
+        req.extensions_mut().insert(Arc::new(call));
+        req.extensions_mut()
+            .insert(ParsedBody(Arc::new(Mutex::new(Some(parsed)))));
+        Ok(req)
+    }
+}

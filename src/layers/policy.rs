@@ -1,0 +1,52 @@
+//! Policy: the decision for (Principal, RedcapCall, project). A denial is a 403 in
+//! REDCap's error shape naming the rule and every reason.
+
+use std::sync::Arc;
+
+use super::route::ProjectName;
+use super::step::{Step, StepLayer};
+use super::{Req, Result};
+use crate::auth::Principal;
+use crate::context::RequestContext;
+use crate::error::GatewayError;
+use crate::policy::{Decision, Policy};
+use crate::redcap::RedcapCall;
+
+#[derive(Clone)]
+pub struct Authorize {
+    policy: Arc<Policy>,
+}
+
+pub type PolicyLayer = StepLayer<Authorize>;
+
+impl Authorize {
+    pub fn layer(policy: Arc<Policy>) -> PolicyLayer {
+        StepLayer(Authorize { policy })
+    }
+}
+
+impl Step for Authorize {
+    async fn apply(&self, req: Req) -> Result<Req> {
+        let missing =
+            || GatewayError::Forbidden("the request was not authenticated and parsed".into());
+        let project = req.extensions().get::<ProjectName>().ok_or_else(missing)?;
+        let who = req.extensions().get::<Principal>().ok_or_else(missing)?;
+        let call = req
+            .extensions()
+            .get::<Arc<RedcapCall>>()
+            .ok_or_else(missing)?;
+        match self.policy.decide(&project.0, who, call) {
+            Decision::Allow => Ok(req),
+            Decision::Deny(d) => {
+                if let Some(ctx) = req.extensions().get::<Arc<RequestContext>>() {
+                    let _ = ctx.denial.set(d.reasons.clone());
+                }
+                Err(GatewayError::Forbidden(format!(
+                    "denied by the gateway's {} policy: {}",
+                    d.rule,
+                    d.reasons.join("; ")
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Rescue: turns every typed error from the layers below into a REDCap-shaped response
+//! with the right status, so nothing reaches hyper as a reset and outer layers see all.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use tower::{Layer, Service};
+
+use super::{Req, Resp};
+use crate::body::full;
+use crate::context::RequestContext;
+use crate::error::{GatewayError, Side};
+use crate::redcap::ReturnFormat;
+
+#[derive(Clone, Default)]
+pub struct RescueLayer;
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescue { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Rescue<S> {
+    inner: S,
+}
+
+/// The response for an error, in the client's format.
+pub fn error_response(err: &GatewayError, format: ReturnFormat) -> Resp {
+    let mut resp = Resp::new(full(format.error_body(&err.to_string())));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    match err {
+        GatewayError::Unauthenticated(_) => {
+            h.insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static(
+                    "Bearer realm=\"redcap-gateway\", error=\"invalid_token\"",
+                ),
+            );
+        }
+        GatewayError::MethodNotAllowed => {
+            h.insert(ALLOW, HeaderValue::from_static("POST"));
+        }
+        GatewayError::Overloaded | GatewayError::ShuttingDown | GatewayError::TokenUnavailable => {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        _ => {}
+    }
+    resp
+}
+
+impl<S> Service<Req> for Rescue<S>
+where
+    S: Service<Req, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Inner layers are always ready (they clone per call); readiness errors cannot
+        // be answered here, so they are not allowed to exist.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let ctx = req
+            .extensions()
+            .get::<Arc<RequestContext>>()
+            .cloned()
+            .unwrap_or_else(|| {
+                let c = RequestContext::new();
+                req.extensions_mut().insert(c.clone());
+                c
+            });
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            match inner.call(req).await {
+                Ok(resp) => Ok(resp),
+                Err(err) => {
+                    match err.side() {
+                        Side::Client => {
+                            tracing::info!(error = %err, kind = err.kind(), "request refused")
+                        }
+                        Side::Gateway | Side::Upstream => {
+                            tracing::warn!(error = %err, kind = err.kind(), "request failed")
+                        }
+                    }
+                    Ok(error_response(&err, ctx.error_format()))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::AuthError;
+
+    #[test]
+    fn table() {
+        let cases: Vec<(GatewayError, u16)> = vec![
+            (GatewayError::NotFound, 404),
+            (GatewayError::UnknownProject("x".into()), 404),
+            (GatewayError::MethodNotAllowed, 405),
+            (GatewayError::Unauthenticated(AuthError::Expired), 401),
+            (GatewayError::Forbidden("no".into()), 403),
+            (GatewayError::BadRequest("bad".into()), 400),
+            (GatewayError::PayloadTooLarge(1), 413),
+            (GatewayError::UnsupportedMediaType, 415),
+            (GatewayError::BodyTimeout, 408),
+            (GatewayError::Overloaded, 503),
+            (GatewayError::ShuttingDown, 503),
+            (GatewayError::UpstreamUnreachable, 502),
+            (GatewayError::UpstreamTimeout, 504),
+        ];
+        for (err, status) in cases {
+            for fmt in [ReturnFormat::Json, ReturnFormat::Csv, ReturnFormat::Xml] {
+                let r = error_response(&err, fmt);
+                assert_eq!(r.status().as_u16(), status, "{err:?}");
+                assert_eq!(r.headers()[CONTENT_TYPE], fmt.content_type());
+            }
+        }
+        let r = error_response(
+            &GatewayError::Unauthenticated(AuthError::Missing),
+            ReturnFormat::Json,
+        );
+        assert!(r.headers()[WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        assert_eq!(
+            error_response(&GatewayError::MethodNotAllowed, ReturnFormat::Json).headers()[ALLOW],
+            "POST"
+        );
+    }
+}

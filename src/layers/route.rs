@@ -1,0 +1,118 @@
+//! Route: only `POST /p/{project}/api/` (and `POST /api/` with an `X-Redcap-Project`
+//! header). The query string is never used or forwarded.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::Method;
+
+use super::step::{Step, StepLayer};
+use super::{Req, Result};
+use crate::context::RequestContext;
+use crate::error::GatewayError;
+
+pub const PROJECT_HEADER: &str = "x-redcap-project";
+
+/// The project a request is for (a name from the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectName(pub Arc<str>);
+
+#[derive(Clone)]
+pub struct Route {
+    projects: Arc<HashSet<String>>,
+}
+
+pub type RouteLayer = StepLayer<Route>;
+
+impl Route {
+    pub fn layer(projects: impl IntoIterator<Item = String>) -> RouteLayer {
+        StepLayer(Route {
+            projects: Arc::new(projects.into_iter().collect()),
+        })
+    }
+
+    fn project_from_path<'a>(&self, path: &'a str) -> Option<Option<&'a str>> {
+        if path == "/api/" || path == "/api" {
+            return Some(None);
+        }
+        let rest = path.strip_prefix("/p/")?;
+        let (project, tail) = rest.split_once('/')?;
+        (tail == "api/" || tail == "api").then_some(Some(project))
+    }
+}
+
+impl Step for Route {
+    async fn apply(&self, mut req: Req) -> Result<Req> {
+        let Some(from_path) = self.project_from_path(req.uri().path()) else {
+            return Err(GatewayError::NotFound);
+        };
+        if req.method() != Method::POST {
+            return Err(GatewayError::MethodNotAllowed);
+        }
+        let project = match from_path {
+            Some(p) => p.to_string(),
+            None => req
+                .headers()
+                .get(PROJECT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    GatewayError::BadRequest(
+                        "name the project: POST /p/{project}/api/ or send an X-Redcap-Project header".into(),
+                    )
+                })?,
+        };
+        if !self.projects.contains(&project) {
+            return Err(GatewayError::UnknownProject(project));
+        }
+        if let Some(ctx) = req.extensions().get::<Arc<RequestContext>>() {
+            let _ = ctx.project.set(project.clone());
+        }
+        req.extensions_mut().insert(ProjectName(project.into()));
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::empty;
+
+    fn route(method: &str, uri: &str) -> Result<Req> {
+        let r = Route {
+            projects: Arc::new(["demo".to_string()].into_iter().collect()),
+        };
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(empty())
+            .unwrap();
+        futures_util::FutureExt::now_or_never(r.apply(req)).unwrap()
+    }
+
+    #[test]
+    fn routes() {
+        let ok = route("POST", "/p/demo/api/?type=module").unwrap();
+        assert_eq!(
+            ok.extensions().get::<ProjectName>().unwrap().0.as_ref(),
+            "demo"
+        );
+        assert!(matches!(
+            route("GET", "/p/demo/api/"),
+            Err(GatewayError::MethodNotAllowed)
+        ));
+        assert!(matches!(
+            route("POST", "/p/other/api/"),
+            Err(GatewayError::UnknownProject(_))
+        ));
+        assert!(matches!(
+            route("POST", "/p/demo/api/x"),
+            Err(GatewayError::NotFound)
+        ));
+        assert!(matches!(route("POST", "/"), Err(GatewayError::NotFound)));
+        assert!(matches!(
+            route("POST", "/api/"),
+            Err(GatewayError::BadRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,249 @@
+//! Vault: the project's REDCap token replaces whatever the client sent; fields that would
+//! widen rights (`mobile_app`, `mobileApp`, `uuid`, `project_init`) and headers REDCap
+//! trusts blindly (Client-IP, X-Forwarded-For, ...) are removed; everything else in the
+//! body is forwarded byte for byte.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
+
+use super::parse::{FormBody, ParsedBody};
+use super::route::{ProjectName, PROJECT_HEADER};
+use super::step::{Step, StepLayer};
+use super::{Req, Result};
+use crate::body::{full, Body, BoxError};
+use crate::error::GatewayError;
+use crate::redcap::multipart::{
+    closing, write_file_head, write_text_part, MultipartError, MultipartForm,
+};
+use crate::redcap::php_form::{ParsedForm, PhpKey};
+use crate::secret::Secret;
+use crate::vault::Vault;
+
+/// Body fields never forwarded as the client sent them.
+pub const STRIPPED_FIELDS: &[&str] = &["token", "mobile_app", "mobileApp", "uuid", "project_init"];
+
+/// Client headers never forwarded: credentials, and addresses REDCap would trust.
+pub const STRIPPED_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "client-ip",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
+    "true-client-ip",
+    "cf-connecting-ip",
+    PROJECT_HEADER,
+];
+
+fn stripped(key: &Option<PhpKey>) -> bool {
+    match key {
+        Some(PhpKey::Str(s)) => STRIPPED_FIELDS.iter().any(|f| f.as_bytes() == s.as_slice()),
+        _ => false,
+    }
+}
+
+#[derive(Clone)]
+pub struct Inject {
+    vault: Arc<Vault>,
+    max_input_vars: usize,
+}
+
+pub type VaultLayer = StepLayer<Inject>;
+
+impl Inject {
+    pub fn layer(vault: Arc<Vault>, max_input_vars: usize) -> VaultLayer {
+        StepLayer(Inject {
+            vault,
+            max_input_vars,
+        })
+    }
+}
+
+/// The urlencoded body for REDCap: the client's segments minus stripped ones, then ours.
+pub fn rewrite_urlencoded(
+    raw: &[u8],
+    form: &ParsedForm,
+    token: &Secret,
+    max_vars: usize,
+) -> Result<Bytes> {
+    let kept: Vec<_> = form
+        .segments
+        .iter()
+        .filter(|s| !stripped(&s.top_key))
+        .collect();
+    if kept.len() + 1 > max_vars {
+        return Err(GatewayError::BadRequest(format!(
+            "the body has too many parameters to add the project token (PHP max_input_vars is {max_vars})"
+        )));
+    }
+    let mut out = BytesMut::with_capacity(raw.len() + 40);
+    for s in kept {
+        out.extend_from_slice(&raw[s.start..s.end]);
+        out.extend_from_slice(b"&");
+    }
+    out.extend_from_slice(b"token=");
+    out.extend_from_slice(token.expose().as_bytes());
+    Ok(out.freeze())
+}
+
+/// A multipart body for REDCap: kept fields and our token, then the file streaming.
+fn rewrite_multipart(
+    mp: MultipartForm,
+    token: &Secret,
+    max_vars: usize,
+) -> Result<(Body, String, Option<u64>)> {
+    let boundary = format!("redcap-gateway-{}", uuid::Uuid::new_v4().simple());
+    let mut head = BytesMut::new();
+    let mut kept = 0usize;
+    for ((name, value), seg) in mp.fields.iter().zip(&mp.form.segments) {
+        if stripped(&seg.top_key) {
+            continue;
+        }
+        kept += 1;
+        write_text_part(&mut head, &boundary, name, value);
+    }
+    if kept + 1 > max_vars {
+        return Err(GatewayError::BadRequest(format!(
+            "the body has too many parameters to add the project token (PHP max_input_vars is {max_vars})"
+        )));
+    }
+    write_text_part(&mut head, &boundary, "token", token.expose().as_bytes());
+    let Some((file_head, file)) = mp.file else {
+        head.extend_from_slice(&closing(&boundary));
+        let len = head.len() as u64;
+        return Ok((full(head.freeze()), boundary, Some(len)));
+    };
+    write_file_head(&mut head, &boundary, &file_head);
+    let tail_boundary = boundary.clone();
+    let mut rest = mp.rest;
+    let file_stream = file.map(|r| r.map_err(|e| Box::new(MultipartError::from(e)) as BoxError));
+    // After the file: the part's CRLF, then only the end of the body may follow.
+    let after = futures_util::stream::once(async move {
+        match rest.next_field().await {
+            Ok(None) => {
+                let mut tail = BytesMut::from(&b"\r\n"[..]);
+                tail.extend_from_slice(&closing(&tail_boundary));
+                Ok(tail.freeze())
+            }
+            Ok(Some(_)) => Err(Box::new(MultipartError::FieldAfterFile) as BoxError),
+            Err(e) => Err(Box::new(MultipartError::from(e)) as BoxError),
+        }
+    });
+    let stream = futures_util::stream::once(async move { Ok::<_, BoxError>(head.freeze()) })
+        .chain(file_stream)
+        .chain(after)
+        .map(|r| r.map(http_body::Frame::data));
+    let body = Body::new(http_body_util::StreamBody::new(stream));
+    Ok((body, boundary, None))
+}
+
+impl Step for Inject {
+    async fn apply(&self, mut req: Req) -> Result<Req> {
+        let project = req
+            .extensions()
+            .get::<ProjectName>()
+            .cloned()
+            .ok_or(GatewayError::TokenUnavailable)?;
+        let token = self
+            .vault
+            .token(&project.0)
+            .ok_or(GatewayError::TokenUnavailable)?;
+        let parsed = req
+            .extensions()
+            .get::<ParsedBody>()
+            .and_then(ParsedBody::take)
+            .ok_or_else(|| GatewayError::BadRequest("the request body was not parsed".into()))?;
+        let (body, content_type, len) = match parsed {
+            FormBody::Urlencoded { raw, form } => {
+                let b = rewrite_urlencoded(&raw, &form, &token, self.max_input_vars)?;
+                let len = b.len() as u64;
+                (
+                    full(b),
+                    "application/x-www-form-urlencoded".to_string(),
+                    Some(len),
+                )
+            }
+            FormBody::Multipart(mp) => {
+                let (body, boundary, len) = rewrite_multipart(*mp, &token, self.max_input_vars)?;
+                (
+                    body,
+                    format!("multipart/form-data; boundary={boundary}"),
+                    len,
+                )
+            }
+        };
+        let headers = req.headers_mut();
+        for h in STRIPPED_HEADERS {
+            headers.remove(*h);
+        }
+        headers.remove(COOKIE);
+        headers.remove(CONTENT_LENGTH);
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(&content_type)
+                .map_err(|_| GatewayError::BadRequest("bad content type".into()))?,
+        );
+        if let Some(len) = len {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        // Our own X-Forwarded-For, from the real peer.
+        if let Some(peer) = req.extensions().get::<crate::context::PeerAddr>().copied() {
+            if let Ok(v) = HeaderValue::from_str(&peer.0.ip().to_string()) {
+                req.headers_mut()
+                    .insert(HeaderName::from_static("x-forwarded-for"), v);
+            }
+        }
+        *req.body_mut() = body;
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redcap::php_form::{parse_urlencoded, PhpLimits};
+
+    const T: &str = "0123456789ABCDEF0123456789ABCDEF";
+
+    fn rewrite(body: &str, max: usize) -> Result<String> {
+        let form = parse_urlencoded(body.as_bytes(), PhpLimits::default()).unwrap();
+        rewrite_urlencoded(body.as_bytes(), &form, &Secret::new(T.into()), max)
+            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn token_replaced_and_rights_fields_stripped_in_every_php_spelling() {
+        let got = rewrite(
+            "token=PLACEHOLDER&content=record&mobile_app=1&mobile.app=1&mobileApp=1&%20uuid=x&project_init=1&token%00junk=y&token[]=z&tok%00en=kept&format=json",
+            1000,
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            format!("content=record&tok%00en=kept&format=json&token={T}")
+        );
+    }
+
+    #[test]
+    fn rest_of_body_is_byte_identical() {
+        let body =
+            "content=record&format=json&records%5B0%5D=1&fields[]=a+b&data=%7B%22x%22%3A1%7D&&";
+        let got = rewrite(body, 1000).unwrap();
+        assert_eq!(
+            got,
+            format!("{}&token={T}", body.trim_end_matches('&').to_string() + "&")
+        );
+    }
+
+    #[test]
+    fn adding_the_token_must_not_push_past_max_input_vars() {
+        assert!(rewrite("a=1&b=2", 3).is_ok());
+        assert!(rewrite("a=1&b=2&c=3", 3).is_err());
+        assert!(rewrite("a=1&b=2&token=x", 3).is_ok());
+    }
+}

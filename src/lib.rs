@@ -1,0 +1,21 @@
+//! redcap-gateway: an authenticating, policy-enforcing reverse proxy for REDCap's API.
+//! See docs/ARCHITECTURE.md for the design; `stack.rs` for the request path.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod context;
+pub mod dev;
+pub mod error;
+pub mod fake_redcap;
+pub mod forward;
+pub mod http_client;
+pub mod layers;
+pub mod policy;
+pub mod redcap;
+pub mod secret;
+pub mod server;
+pub mod stack;
+pub mod vault;
+
+pub use body::BoxError;

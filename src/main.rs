@@ -1,0 +1,174 @@
+//! The redcap-gateway command line. All logic lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use redcap_gateway::config::{Config, LogFormat};
+use redcap_gateway::server::{self, Gateway};
+
+#[derive(Parser)]
+#[command(
+    name = "redcap-gateway",
+    version,
+    about = "An authenticating, policy-enforcing proxy for the REDCap API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and explain every problem.
+    CheckConfig { file: PathBuf },
+    /// Start with an embedded fake REDCap and a dev JWT issuer (the quick start).
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn serve(gateway: Arc<Gateway>) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = &gateway.config.server;
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    tracing::info!(addr = %server::local_addr(&listener), "serving REDCap API");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    if let Some(admin) = cfg.admin_listen {
+        let l = tokio::net::TcpListener::bind(admin).await?;
+        tracing::info!(addr = %admin, "admin listener (healthz, readyz)");
+        let mut rx = rx.clone();
+        tokio::spawn(server::run_admin(l, gateway.clone(), async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }));
+    }
+    let sig = async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    };
+    server::run(listener, gateway, sig).await?;
+    drop(rx);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::CheckConfig { file } => match Config::load(&file) {
+                Ok(c) => match Gateway::build(c, Vec::new()).await {
+                    Ok(_) => {
+                        println!("{}: OK", file.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(errs) => {
+                        eprintln!("{}: {} problem(s):", file.display(), errs.len());
+                        errs.iter().for_each(|e| eprintln!("  - {e}"));
+                        ExitCode::from(2)
+                    }
+                },
+                Err(e) => {
+                    eprintln!("{}: invalid config:", file.display());
+                    e.to_string().lines().for_each(|l| eprintln!("  - {l}"));
+                    ExitCode::from(2)
+                }
+            },
+            Command::Serve { config } => {
+                let c = match Config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{}: invalid config:", config.display());
+                        e.to_string().lines().for_each(|l| eprintln!("  - {l}"));
+                        return ExitCode::from(2);
+                    }
+                };
+                init_logs(c.server.log_format);
+                let gw = match Gateway::build(c, Vec::new()).await {
+                    Ok(g) => Arc::new(g),
+                    Err(errs) => {
+                        errs.iter().for_each(|e| eprintln!("error: {e}"));
+                        return ExitCode::from(2);
+                    }
+                };
+                match serve(gw).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Dev { listen } => {
+                init_logs(LogFormat::Text);
+                let env = match redcap_gateway::dev::DevEnv::start(&listen, |t| t).await {
+                    Ok(e) => e,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let url = format!("http://{}", env.gateway.config.server.listen);
+                println!(
+                    "{}",
+                    redcap_gateway::dev::banner(
+                        &url,
+                        &env.issuer
+                            .token("dev-user", &[redcap_gateway::dev::DEV_GROUP])
+                    )
+                );
+                match serve(env.gateway.clone()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,66 @@
+//! Secrets that cannot be printed and are wiped from memory when dropped.
+
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// A secret string (a REDCap project token, a personal token). Debug and Display print
+/// `[redacted]`; the bytes are zeroized on drop.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(Zeroizing::new(s))
+    }
+
+    /// The secret itself, for the one place that must send it (the upstream body).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares in constant time (for the length of the shorter input).
+    pub fn ct_eq(&self, other: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(other).into()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// REDCap project tokens are 32 upper-case hex characters; super tokens 64.
+pub fn is_redcap_token(s: &str) -> bool {
+    (s.len() == 32 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_prints() {
+        let s = Secret::new("0123456789ABCDEF0123456789ABCDEF".into());
+        assert_eq!(
+            format!("{s:?} {s} {:?}", Some(&s)),
+            "[redacted] [redacted] Some([redacted])"
+        );
+    }
+
+    #[test]
+    fn token_shapes() {
+        assert!(is_redcap_token(&"A".repeat(32)));
+        assert!(is_redcap_token(&"0".repeat(64)));
+        assert!(!is_redcap_token(&"a".repeat(32)));
+        assert!(!is_redcap_token(&"A".repeat(31)));
+        assert!(!is_redcap_token(&"G".repeat(32)));
+    }
+}

@@ -1,0 +1,55 @@
+//! The whole request path, outermost first. This is the one place the order is written.
+//! Every failure below Rescue is a typed `GatewayError`; Rescue turns it into a
+//! REDCap-shaped response, so the access log (and later metrics/audit) see every request.
+
+use std::convert::Infallible;
+
+use http::header::{AUTHORIZATION, COOKIE};
+use tower::util::BoxCloneService;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+
+use crate::forward::Forward;
+use crate::layers::access_log::AccessLogLayer;
+use crate::layers::authenticate::Authenticate;
+use crate::layers::limits::LimitsLayer;
+use crate::layers::parse::Parse;
+use crate::layers::policy::Authorize;
+use crate::layers::rescue::RescueLayer;
+use crate::layers::route::Route;
+use crate::layers::vault::Inject;
+use crate::layers::{Req, Resp};
+use crate::server::Gateway;
+
+pub type GatewayService = BoxCloneService<Req, Resp, Infallible>;
+
+pub fn build(g: &Gateway) -> GatewayService {
+    let svc = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            AUTHORIZATION,
+            COOKIE,
+        ]))
+        .layer(AccessLogLayer)
+        .layer(RescueLayer)
+        .layer(LimitsLayer::new(
+            g.limits.max_concurrent,
+            g.draining.clone(),
+        ))
+        .layer(Route::layer(g.project_names()))
+        .layer(Authenticate::layer(g.jwt.clone()))
+        .layer(Parse::layer(g.limits.parse))
+        .layer(Authorize::layer(g.policy.clone()))
+        .layer(Inject::layer(
+            g.vault.clone(),
+            g.limits.parse.php.max_input_vars,
+        ))
+        .service(Forward::new(
+            g.client.clone(),
+            g.api.clone(),
+            g.upstream_timeout,
+        ));
+    BoxCloneService::new(svc)
+}
