@@ -1,0 +1,155 @@
+//! Shared helpers: a gateway in front of the fake REDCap on 127.0.0.1:0, and a client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use redcap_gateway::dev::DevEnv;
+use redcap_gateway::server;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub struct TestGateway {
+    pub env: DevEnv,
+    pub addr: SocketAddr,
+    pub jwt: String,
+    stop: Option<oneshot::Sender<()>>,
+    pub done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        Self::start_with(|t| t).await
+    }
+
+    /// Starts with the dev config, edited by `edit` (e.g. to add limits or grants).
+    pub async fn start_with(edit: impl FnOnce(String) -> String) -> TestGateway {
+        let env = DevEnv::start("127.0.0.1:0", edit)
+            .await
+            .expect("dev env starts");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let gw = env.gateway.clone();
+        let done = tokio::spawn(server::run(listener, gw, async move {
+            let _ = rx.await;
+        }));
+        let jwt = env
+            .issuer
+            .token("dev-user", &[redcap_gateway::dev::DEV_GROUP]);
+        TestGateway {
+            env,
+            addr,
+            jwt,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn api(&self) -> String {
+        self.url("/p/demo/api/")
+    }
+
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn token(&self) -> &str {
+        self.env.project_token.expose()
+    }
+
+    /// POST a urlencoded body with the dev JWT.
+    pub async fn post(&self, body: &str) -> Reply {
+        send(
+            Request::post(self.api())
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("authorization", format!("Bearer {}", self.jwt))
+                .body(Full::new(Bytes::from(body.to_string())))
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not json ({e}): {}", self.text()))
+    }
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp: Response<hyper::body::Incoming> =
+        tokio::time::timeout(Duration::from_secs(30), client.request(req))
+            .await
+            .expect("no hang")
+            .expect("request sent");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body read").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub fn form(req: http::request::Builder, body: &str) -> Request<Full<Bytes>> {
+    req.header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// True when an external tool is required (CI), so a missing one fails instead of skipping.
+pub fn required() -> bool {
+    std::env::var("CI").is_ok() || std::env::var("REDCAP_GATEWAY_REQUIRE_TOOLS").is_ok()
+}
+
+/// Skips (or, in CI, fails) when a command is missing.
+pub fn have(cmd: &str, probe: &[&str]) -> bool {
+    let ok = std::process::Command::new(cmd)
+        .args(probe)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(!required(), "{cmd} is required in CI but is not installed");
+        eprintln!("SKIPPED: {cmd} is not installed (set CI=1 to make this a failure)");
+    }
+    ok
+}
+
+pub fn arc<T>(t: T) -> Arc<T> {
+    Arc::new(t)
+}

@@ -1,0 +1,548 @@
+//! End-to-end tests of the request path against the fake REDCap: what the upstream
+//! receives, and what clients get back for every kind of bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::Full;
+
+#[tokio::test]
+async fn token_injected_headers_stripped_body_otherwise_identical() {
+    let gw = TestGateway::start().await;
+    let body = "token=00000000000000000000000000000000&content=record&format=json&records%5B0%5D=1&fields[]=name&mobile_app=1&mobileApp=1&uuid=u&project_init=1&returnFormat=json";
+    let req = Request::post(gw.url("/p/demo/api/?type=module&content=user"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", format!("Bearer {}", gw.jwt))
+        .header("cookie", "PHPSESSID=abc")
+        .header("client-ip", "10.9.9.9")
+        .header("x-forwarded-for", "10.8.8.8")
+        .header("forwarded", "for=10.7.7.7")
+        .header("x-real-ip", "10.6.6.6")
+        .header("x-custom", "kept")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let r = send(req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+
+    let up = gw.env.fake.last_request().unwrap();
+    assert_eq!(up.method, "POST");
+    assert_eq!(up.uri, "/api/", "no query string is ever forwarded");
+    let expected = format!(
+        "content=record&format=json&records%5B0%5D=1&fields[]=name&returnFormat=json&token={}",
+        gw.token()
+    );
+    assert_eq!(String::from_utf8_lossy(&up.body), expected);
+    assert_eq!(up.headers["content-length"], expected.len().to_string());
+    for h in [
+        "authorization",
+        "cookie",
+        "client-ip",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        assert!(!up.headers.contains_key(h), "{h} must not reach REDCap");
+    }
+    assert_eq!(up.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(up.headers["x-custom"], "kept");
+    assert!(up.headers.contains_key("x-request-id"));
+    assert!(r.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn unauthenticated_calls_never_reach_redcap() {
+    let gw = TestGateway::start().await;
+    let cases: Vec<(Option<String>, &str)> = vec![
+        (None, "missing"),
+        (Some("Basic dXNlcjpwYXNz".into()), "basic"),
+        (Some("Bearer not.a.jwt".into()), "garbage"),
+        (
+            Some(format!("Bearer {}", gw.jwt.replace('.', ".x"))),
+            "tampered",
+        ),
+        (
+            Some(format!(
+                "Bearer {}",
+                gw.env.issuer.token_with(serde_json::json!({"exp": 1000}))
+            )),
+            "expired",
+        ),
+        (
+            Some(format!(
+                "Bearer {}",
+                gw.env
+                    .issuer
+                    .token_with(serde_json::json!({"aud": "other"}))
+            )),
+            "audience",
+        ),
+        (
+            Some(format!(
+                "Bearer {}",
+                gw.env
+                    .issuer
+                    .token_with(serde_json::json!({"preferred_username": null}))
+            )),
+            "no user",
+        ),
+        (Some(format!("Bearer {}", "a".repeat(20_000))), "huge token"),
+    ];
+    for (auth, what) in cases {
+        let mut b = Request::post(gw.api());
+        if let Some(a) = &auth {
+            b = b.header("authorization", a);
+        }
+        let r = send(form(
+            b,
+            "content=record&returnFormat=json&token=0123456789ABCDEF0123456789ABCDEF",
+        ))
+        .await;
+        assert_eq!(r.status, 401, "{what}: {}", r.text());
+        assert!(
+            r.headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer"),
+            "{what}"
+        );
+        assert!(r.json()["error"].is_string(), "{what}");
+    }
+    // Past the header limit hyper itself answers 431 (never a reset).
+    let b =
+        Request::post(gw.api()).header("authorization", format!("Bearer {}", "a".repeat(70_000)));
+    assert_eq!(send(form(b, "content=record")).await.status, 431);
+    assert!(
+        gw.env.fake.requests().is_empty(),
+        "nothing may be forwarded"
+    );
+}
+
+#[tokio::test]
+async fn errors_use_the_callers_return_format() {
+    let gw = TestGateway::start().await;
+    // Unauthenticated: the small body is read only to pick the shape.
+    let r = send(form(Request::post(gw.api()), "content=record&format=csv")).await;
+    assert_eq!(r.status, 401);
+    assert!(r.text().starts_with("ERROR: "), "{}", r.text());
+    let r = send(form(Request::post(gw.api()), "content=record")).await;
+    assert!(
+        r.text().contains("<error>"),
+        "xml is REDCap's default: {}",
+        r.text()
+    );
+    // Denied by policy, in each format.
+    for (rf, check) in [
+        ("json", "{\"error\""),
+        ("csv", "ERROR: "),
+        ("xml", "<hash>"),
+    ] {
+        let r = gw
+            .post(&format!(
+                "content=dag&action=switch&dag=site_a&returnFormat={rf}"
+            ))
+            .await;
+        assert_eq!(r.status, 403);
+        assert!(r.text().contains(check), "{rf}: {}", r.text());
+        assert!(
+            r.text().contains("dag:switch"),
+            "the message names the rule: {}",
+            r.text()
+        );
+    }
+    assert!(gw.env.fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn ambiguous_bodies_are_rejected_not_guessed() {
+    let gw = TestGateway::start().await;
+    let many = (0..1000)
+        .map(|i| format!("f{i}=x"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let deep = format!("content=record&a{}=1", "[x]".repeat(65));
+    let bodies = [
+        "content=record&content=user".to_string(),
+        "content=user&action=delete&action=export&users[]=a".to_string(),
+        "content[]=record".to_string(),
+        "content=record&format=json&format=csv".to_string(),
+        "content=record&returnFormat[]=json".to_string(),
+        "content=user&data=%5B%5D&data=%5B%5D".to_string(),
+        "content=record&con.tent=x&%20content=user".to_string(),
+        "content=user&action=delete&users=alice,bob".to_string(),
+        format!("content=user&action=delete&users[]=bob&{many}"),
+        deep,
+        "content=Record".to_string(),
+        "format=json".to_string(),
+    ];
+    for b in bodies {
+        let r = gw.post(&b).await;
+        assert_eq!(r.status, 400, "{}: {}", &b[..b.len().min(80)], r.text());
+        let t = r.text();
+        assert!(
+            t.starts_with("<?xml") || t.starts_with("{\"error\"") || t.starts_with("ERROR: "),
+            "{t}"
+        );
+    }
+    assert!(gw.env.fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn routing_and_methods() {
+    let gw = TestGateway::start().await;
+    let auth = format!("Bearer {}", gw.jwt);
+    let get = send(
+        Request::get(gw.api())
+            .header("authorization", &auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(get.status, 405);
+    assert_eq!(get.headers["allow"], "POST");
+    for path in [
+        "/",
+        "/api/x",
+        "/p/demo/",
+        "/p/demo/api/extra",
+        "/redcap/api/",
+    ] {
+        let r = send(form(
+            Request::post(gw.url(path)).header("authorization", &auth),
+            "content=record",
+        ))
+        .await;
+        assert_eq!(r.status, 404, "{path}");
+        assert!(r.json()["error"].is_string());
+    }
+    let r = send(form(
+        Request::post(gw.url("/p/nope/api/")).header("authorization", &auth),
+        "content=record",
+    ))
+    .await;
+    assert_eq!(r.status, 404);
+    // POST /api/ with the project in a header.
+    let r = send(form(
+        Request::post(gw.url("/api/"))
+            .header("authorization", &auth)
+            .header("x-redcap-project", "demo"),
+        "content=version",
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!gw
+        .env
+        .fake
+        .last_request()
+        .unwrap()
+        .headers
+        .contains_key("x-redcap-project"));
+}
+
+#[tokio::test]
+async fn size_and_content_type_limits() {
+    let gw = TestGateway::start_with(|t| {
+        t.replace(
+            "[upstream]",
+            "[limits]\nmax_urlencoded_body = \"1KiB\"\n\n[upstream]",
+        )
+    })
+    .await;
+    let r = gw
+        .post(&format!(
+            "content=record&returnFormat=json&data={}",
+            "x".repeat(2000)
+        ))
+        .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(r.json()["error"].is_string());
+    let r = send(
+        Request::post(gw.api())
+            .header("authorization", format!("Bearer {}", gw.jwt))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from("{}")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 415);
+    assert!(gw.env.fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn user_operations_are_decided_like_redcap() {
+    let gw = TestGateway::start_with(|t| t.replace("\"user:*\", ", "\"user:export\", ")).await;
+    // With data and action=export REDCap imports: the gateway must see an import.
+    let r = gw.post("content=user&action=export&format=json&returnFormat=json&data=%5B%7B%22username%22%3A%22eve%22%7D%5D").await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("user:import"));
+    let r = gw.post("content=user&format=json").await;
+    assert_eq!(r.status, 200);
+    let r = gw
+        .post("content=user&action=delete&users[0]=alice&returnFormat=json")
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("user:delete"));
+}
+
+#[tokio::test]
+async fn upstream_unreachable_is_502() {
+    // Bind and drop a port so nothing listens there.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = TestGateway::start_with(|t| {
+        let start = t.find("url = \"").unwrap() + 7;
+        let end = start + t[start..].find('"').unwrap();
+        format!("{}http://{dead}{}", &t[..start], &t[end..])
+    })
+    .await;
+    let r = gw.post("content=record&returnFormat=csv").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().starts_with("ERROR: "));
+}
+
+#[tokio::test]
+async fn upstream_timeout_is_504() {
+    // An upstream that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = TestGateway::start_with(|t| {
+        let start = t.find("url = \"").unwrap() + 7;
+        let end = start + t[start..].find('"').unwrap();
+        format!(
+            "{}http://{addr}\"\nrequest_timeout = \"300ms{}",
+            &t[..start],
+            &t[end..]
+        )
+    })
+    .await;
+    let r = gw.post("content=record&returnFormat=json").await;
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.json()["error"].as_str().unwrap().contains("in time"));
+}
+
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----testboundary7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    for (name, filename, value) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match filename {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: text/plain\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test]
+async fn multipart_file_import_streams_through_with_token_replaced() {
+    let gw = TestGateway::start().await;
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let (ct, body) = multipart(&[
+        ("token", None, b"00000000000000000000000000000000"),
+        ("content", None, b"file"),
+        ("action", None, b"import"),
+        ("record", None, b"1"),
+        ("field", None, b"consent_file"),
+        ("mobile_app", None, b"1"),
+        ("returnFormat", None, b"json"),
+        ("file", Some("consent.pdf"), &content),
+    ]);
+    let req = Request::post(gw.api())
+        .header("content-type", ct)
+        .header("authorization", format!("Bearer {}", gw.jwt))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let r = send(req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = gw.env.fake.last_request().unwrap();
+    assert_eq!(up.param("token").as_deref(), Some(gw.token()));
+    assert_eq!(up.param("mobile_app"), None);
+    assert_eq!(up.param("record").as_deref(), Some("1"));
+    assert_eq!(up.files.len(), 1);
+    assert_eq!(up.files[0].1, "consent.pdf");
+    assert_eq!(up.files[0].2.as_ref(), content.as_slice());
+    // And back out.
+    let r = gw
+        .post("content=file&action=export&record=1&field=consent_file&returnFormat=json")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), content.as_slice());
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("consent.pdf"));
+}
+
+#[tokio::test]
+async fn multipart_ambiguities_are_rejected() {
+    let gw = TestGateway::start().await;
+    let cases: Vec<Vec<(&str, Option<&str>, &[u8])>> = vec![
+        // A field after the file part would be read by PHP but is unseen when we decide.
+        vec![
+            ("content", None, b"file"),
+            ("action", None, b"import"),
+            ("file", Some("a.txt"), b"x"),
+            ("action", None, b"delete"),
+        ],
+        // Files under other names.
+        vec![
+            ("content", None, b"file"),
+            ("action", None, b"import"),
+            ("data", Some("a.txt"), b"x"),
+        ],
+        // Duplicates, as in urlencoded bodies.
+        vec![
+            ("content", None, b"file"),
+            ("content", None, b"user"),
+            ("file", Some("a.txt"), b"x"),
+        ],
+    ];
+    for parts in cases {
+        let (ct, body) = multipart(&parts);
+        let req = Request::post(gw.api())
+            .header("content-type", ct)
+            .header("authorization", format!("Bearer {}", gw.jwt))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let r = send(req).await;
+        assert_eq!(r.status, 400, "{parts:?}: {}", r.text());
+    }
+    let recorded = gw.env.fake.requests();
+    assert!(
+        recorded
+            .iter()
+            .all(|r| r.files.is_empty() || r.param("action").as_deref() != Some("delete")),
+        "a trailing field must never reach REDCap"
+    );
+}
+
+#[tokio::test]
+async fn large_responses_stream() {
+    // An upstream that answers 64 MiB in chunks.
+    let big = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = big.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = big.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                let total = 64usize << 20;
+                let _ = s
+                    .write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ncontent-length: {total}\r\n\r\n").as_bytes())
+                    .await;
+                let chunk = vec![b'a'; 1 << 20];
+                for _ in 0..64 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = TestGateway::start_with(|t| {
+        let start = t.find("url = \"").unwrap() + 7;
+        let end = start + t[start..].find('"').unwrap();
+        format!("{}http://{addr}{}", &t[..start], &t[end..])
+    })
+    .await;
+    let r = gw.post("content=record&format=csv").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 64 << 20);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    // An upstream that answers after 500 ms.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = slow.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let mut gw = TestGateway::start_with(|t| {
+        let start = t.find("url = \"").unwrap() + 7;
+        let end = start + t[start..].find('"').unwrap();
+        format!("{}http://{addr}{}", &t[..start], &t[end..])
+    })
+    .await;
+    let url = gw.api();
+    let jwt = gw.jwt.clone();
+    let inflight = tokio::spawn(async move {
+        send(form(
+            Request::post(url).header("authorization", format!("Bearer {jwt}")),
+            "content=record",
+        ))
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.shutdown();
+    let r = inflight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok");
+    let done = gw.done.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
+    // New connections are refused once it has stopped.
+    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn project_token_file_rotation_is_followed() {
+    let gw = TestGateway::start().await;
+    let new = redcap_gateway::dev::random_redcap_token();
+    gw.env.fake.add_project(
+        new.expose(),
+        redcap_gateway::fake_redcap::FakeProject::demo(1, "redcap_owner"),
+    );
+    std::fs::write(gw.env.dir.path().join("demo.token"), new.expose()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = gw.post("content=version").await;
+        assert_eq!(r.status, 200);
+        if gw
+            .env
+            .fake
+            .last_request()
+            .unwrap()
+            .param("token")
+            .as_deref()
+            == Some(new.expose())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotated token not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
