@@ -331,7 +331,10 @@ async fn upstream_timeout_is_504() {
     assert!(r.json()["error"].as_str().unwrap().contains("in time"));
 }
 
-fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+/// (name, filename, value) of one multipart part.
+type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
+
+fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
     let boundary = "----testboundary7MA4YWxkTrZu0gW";
     let mut body = Vec::new();
     for (name, filename, value) in parts {
@@ -392,7 +395,7 @@ async fn multipart_file_import_streams_through_with_token_replaced() {
 #[tokio::test]
 async fn multipart_ambiguities_are_rejected() {
     let gw = TestGateway::start().await;
-    let cases: Vec<Vec<(&str, Option<&str>, &[u8])>> = vec![
+    let cases: Vec<Vec<Part>> = vec![
         // A field after the file part would be read by PHP but is unseen when we decide.
         vec![
             ("content", None, b"file"),
