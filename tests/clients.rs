@@ -1,0 +1,63 @@
+//! Real REDCap clients through the gateway (PyCap 2.7.0, from PyPI).
+
+mod common;
+
+use common::*;
+
+fn have_pycap() -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import redcap, sys; sys.exit(0 if __import__('importlib.metadata').metadata.version('PyCap') == '2.7.0' else 1)"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            !required(),
+            "PyCap==2.7.0 is required in CI but is not installed"
+        );
+        eprintln!("SKIPPED: PyCap 2.7.0 is not installed (pip install PyCap==2.7.0)");
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pycap_works_through_the_gateway() {
+    if !have_pycap() {
+        return;
+    }
+    let gw = TestGateway::start().await;
+    let denied = gw.env.issuer.token("mallory", &["another-team"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pycap_e2e.py");
+    let out = tokio::process::Command::new("python3")
+        .args([script, &gw.api(), &gw.jwt, &denied])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "PyCap checks failed");
+    assert!(stdout.contains("pycap: all checks passed"));
+
+    // Every request REDCap saw carried the project token, never PyCap's placeholder.
+    let seen = gw.env.fake.requests();
+    assert!(seen.len() >= 15, "{} requests", seen.len());
+    for r in &seen {
+        assert_eq!(
+            r.param("token").as_deref(),
+            Some(gw.token()),
+            "{:?}",
+            r.param("content")
+        );
+        assert!(!r.headers.contains_key("authorization"));
+    }
+    // The delete went out as a real PHP array, as REDCap requires.
+    let delete = seen
+        .iter()
+        .find(|r| r.param("action").as_deref() == Some("delete"))
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&delete.body).contains("users%5B0%5D=carol"),
+        "{:?}",
+        delete.body
+    );
+}
