@@ -20,7 +20,7 @@ use crate::body::{boxed, full};
 use crate::config::Config;
 use crate::context::PeerAddr;
 use crate::forward::api_uri;
-use crate::http_client::{ClientHandle, ClientOptions};
+use crate::http_client::ClientHandle;
 use crate::layers::parse::ParseLimits;
 use crate::policy::{Policy, ProjectPolicy};
 use crate::redcap::PhpLimits;
@@ -61,12 +61,7 @@ impl Gateway {
     pub async fn build(config: Config, extra_issuers: Vec<Issuer>) -> Result<Gateway, Vec<String>> {
         let mut errs = Vec::new();
         let up = &config.upstream;
-        let client = ClientHandle::new(&ClientOptions {
-            ca_file: up.ca_file.as_deref(),
-            connect_timeout: up.connect_timeout.0,
-            pool_idle_timeout: up.pool_idle_timeout.0,
-            pool_max_idle_per_host: up.pool_max_idle_per_host,
-        });
+        let client = ClientHandle::new(&up.client_options());
         let client = match client {
             Ok(c) => Some(c),
             Err(e) => {

@@ -113,6 +113,17 @@ pub struct UpstreamConfig {
     pub allow_plain_http: bool,
 }
 
+impl UpstreamConfig {
+    pub fn client_options(&self) -> crate::http_client::ClientOptions<'_> {
+        crate::http_client::ClientOptions {
+            ca_file: self.ca_file.as_deref(),
+            connect_timeout: self.connect_timeout.0,
+            pool_idle_timeout: self.pool_idle_timeout.0,
+            pool_max_idle_per_host: self.pool_max_idle_per_host,
+        }
+    }
+}
+
 fn default_connect_timeout() -> Dur {
     Dur(Duration::from_secs(5))
 }
@@ -342,7 +353,8 @@ impl Config {
                     "{at}: project names may use letters, digits, '-' and '_' only"
                 ));
             }
-            if let Err(e) = crate::vault::TokenSource::parse(&p.token) {
+            // The token is read here too, so one run reports every problem.
+            if let Err(e) = crate::vault::TokenSource::parse(&p.token).and_then(|s| s.read(name)) {
                 errs.push(format!("{at}.token: {e}"));
             }
             for (i, g) in p.grants.iter().enumerate() {

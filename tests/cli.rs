@@ -1,0 +1,178 @@
+//! The command line as an operator uses it: check-config, and the example config.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_redcap-gateway"))
+}
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.example.toml");
+
+#[test]
+fn example_config_parses_and_validates() {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    // As an operator runs it, with the token in the environment.
+    let out = bin()
+        .args(["check-config", EXAMPLE])
+        .env("REDCAP_TOKEN_COHORT", "0123456789ABCDEF0123456789ABCDEF")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("OK (1 project(s), 1 issuer(s))"),
+        "{stdout}"
+    );
+    // Without it, the missing variable is named.
+    let out = bin()
+        .args(["check-config", EXAMPLE])
+        .env_remove("REDCAP_TOKEN_COHORT")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("REDCAP_TOKEN_COHORT"));
+    // Every key is written out: the example is the documentation.
+    for key in [
+        "listen",
+        "admin_listen",
+        "shutdown_grace",
+        "log_format",
+        "max_urlencoded_body",
+        "max_multipart_body",
+        "max_multipart_field",
+        "max_input_vars",
+        "max_input_nesting_level",
+        "body_timeout",
+        "max_concurrent_requests",
+        "max_header_bytes",
+        "url",
+        "ca_file",
+        "connect_timeout",
+        "request_timeout",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "allow_plain_http",
+        "issuer",
+        "jwks_url",
+        "jwks_file",
+        "audiences",
+        "algorithms",
+        "leeway",
+        "user_claim",
+        "groups_claim",
+        "group_prefix",
+        "jwks_refresh_interval",
+        "jwks_refresh_cooldown",
+        "reload_interval",
+        "token",
+        "token_owner",
+        "groups",
+        "users",
+        "allow",
+    ] {
+        assert!(
+            text.contains(&format!("{key} =")),
+            "example config does not document {key}"
+        );
+    }
+}
+
+#[test]
+fn check_config_explains_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[upstream]
+url = "http://127.0.0.1:1"
+
+[projects.a]
+token = "file:/nonexistent/token"
+
+[projects.b]
+token = "env:REDCAP_GATEWAY_TEST_UNSET_VAR"
+
+[[projects.b.grants]]
+groups = ["g"]
+allow = ["records:export"]
+"#,
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("records:export"), "{err}");
+    assert!(
+        err.contains("/nonexistent/token") && err.contains("projects.a.token"),
+        "{err}"
+    );
+    assert!(
+        err.contains("REDCAP_GATEWAY_TEST_UNSET_VAR") && err.contains("projects.b.token"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_names_unknown_keys_and_missing_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[upstream]\nurl = \"${REDCAP_GATEWAY_TEST_NOPE}\"\nverify_tls = false\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("REDCAP_GATEWAY_TEST_NOPE") && err.contains("upstream.url"),
+        "{err}"
+    );
+    std::fs::write(
+        &cfg,
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\nverify_tls = false\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("verify_tls"), "{err}");
+}
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("t");
+    std::fs::write(&tok, "0123456789ABCDEF0123456789ABCDEF\n").unwrap();
+    let cfg = dir.path().join("ok.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[projects.p]\ntoken = \"file:{}\"\n",
+            tok.display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["check-config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}

@@ -1,0 +1,104 @@
+//! No secret ever reaches a log line or an error body: every log (at TRACE, including
+//! hyper's and rustls') is captured while requests of every kind run, then scanned.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::Full;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let gw = TestGateway::start().await;
+    let valid_jwt = gw.jwt.clone();
+    let project_token = gw.token().to_string();
+    let personal = "ABCDEF0123456789ABCDEF0123456789";
+    let mut bodies = Vec::new();
+    let mut push = |r: Reply| bodies.push(r.text());
+    push(
+        gw.post(&format!("token={personal}&content=record&format=json"))
+            .await,
+    );
+    push(
+        gw.post("content=user&action=delete&users[]=alice&returnFormat=xml")
+            .await,
+    );
+    push(gw.post("content=dag&action=switch&dag=x").await);
+    push(gw.post("content=record&content=user").await);
+    let expired = gw.env.issuer.token_with(serde_json::json!({"exp": 1000}));
+    let wrong_aud = gw.env.issuer.token_with(serde_json::json!({"aud": "x"}));
+    for bad in [
+        expired.as_str(),
+        wrong_aud.as_str(),
+        "abc.def.ghi",
+        personal,
+    ] {
+        push(
+            send(form(
+                Request::post(gw.api()).header("authorization", format!("Bearer {bad}")),
+                &format!("token={personal}&content=record"),
+            ))
+            .await,
+        );
+    }
+    push(
+        send(
+            Request::post(gw.api())
+                .header("authorization", format!("Bearer {}", gw.jwt))
+                .header("content-type", "multipart/form-data; boundary=b")
+                .body(Full::new(Bytes::from(format!(
+                    "--b\r\nContent-Disposition: form-data; name=\"token\"\r\n\r\n{personal}\r\n--b\r\nContent-Disposition: form-data; name=\"content\"\r\n\r\nfile\r\n--b\r\nContent-Disposition: form-data; name=\"action\"\r\n\r\nimport\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.txt\"\r\n\r\nhi\r\n--b--\r\n"
+                ))))
+                .unwrap(),
+        )
+        .await,
+    );
+    // The upstream refuses the token: REDCap's 403 body must pass through without it.
+    gw.env.fake.add_project(
+        "unused",
+        redcap_gateway::fake_redcap::FakeProject::demo(9, "x"),
+    );
+    drop(gw);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("handled"), "logs were captured");
+    let all = format!("{logs}\n{}", bodies.join("\n"));
+    let jwt_signature = |t: &str| t.rsplit('.').next().unwrap().to_string();
+    let secrets = [
+        ("project token", project_token),
+        ("valid jwt signature", jwt_signature(&valid_jwt)),
+        ("personal token", personal.to_string()),
+        ("expired jwt signature", jwt_signature(&expired)),
+        ("wrong-aud jwt signature", jwt_signature(&wrong_aud)),
+    ];
+    for (what, s) in secrets {
+        assert!(s.len() >= 32, "{what}: nothing to scan for");
+        assert!(!all.contains(&s), "{what} leaked into logs or error bodies");
+    }
+}
