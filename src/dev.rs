@@ -22,11 +22,15 @@ pub const DEV_GROUP: &str = "redcap-dev";
 pub const DEV_PROJECT: &str = "demo";
 pub const DEV_KID: &str = "dev-key-1";
 
-/// A local issuer of Ed25519-signed JWTs, with its JWKS.
+/// A local issuer of signed JWTs (Ed25519 by default, RS256 for IdP-like tests).
 pub struct DevIssuer {
     pub issuer: String,
+    pub kid: String,
+    alg: Algorithm,
     key: EncodingKey,
     jwks: JwkSet,
+    /// For RSA issuers: the public key as PEM (what an HS256-confusion attacker uses).
+    pub public_pem: Option<String>,
 }
 
 impl DevIssuer {
@@ -41,31 +45,61 @@ impl DevIssuer {
         .map_err(|e| e.to_string())?;
         Ok(DevIssuer {
             issuer: issuer.to_string(),
+            kid: DEV_KID.into(),
+            alg: Algorithm::EdDSA,
             key: EncodingKey::from_ed_der(pkcs8.as_ref()),
             jwks,
+            public_pem: None,
         })
     }
 
-    pub fn jwks(&self) -> &JwkSet {
-        &self.jwks
+    /// An RS256 issuer with a fresh 2048-bit key under `kid`.
+    pub fn new_rsa(issuer: &str, kid: &str) -> Result<DevIssuer, String> {
+        use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .map_err(|e| e.to_string())?;
+        let pkcs8: Pkcs8V1Der = pair.as_der().map_err(|e| e.to_string())?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let pem = |label: &str, der: &[u8]| {
+            let body = b64.encode(der);
+            let lines: Vec<&str> = body
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap_or(""))
+                .collect();
+            format!(
+                "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+                lines.join("\n")
+            )
+        };
+        let key = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes())
+            .map_err(|e| e.to_string())?;
+        let public = aws_lc_rs::signature::KeyPair::public_key(&pair);
+        let spki: PublicKeyX509Der = public.as_der().map_err(|e| e.to_string())?;
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let n = url.encode(public.modulus().big_endian_without_leading_zero());
+        let e = url.encode(public.exponent().big_endian_without_leading_zero());
+        let jwks: JwkSet = serde_json::from_value(serde_json::json!({
+            "keys": [{"kty": "RSA", "n": n, "e": e, "kid": kid, "alg": "RS256", "use": "sig"}]
+        }))
+        .map_err(|e| e.to_string())?;
+        Ok(DevIssuer {
+            issuer: issuer.to_string(),
+            kid: kid.into(),
+            alg: Algorithm::RS256,
+            key,
+            jwks,
+            public_pem: Some(pem("PUBLIC KEY", spki.as_ref())),
+        })
     }
 
-    /// The issuer's config, as an operator would write it.
-    pub fn config(&self) -> IssuerConfig {
-        let text = format!(
-            "issuer = {:?}\njwks_file = \"/unused\"\naudiences = [{DEV_AUDIENCE:?}]\nalgorithms = [\"EdDSA\"]\ngroups_claim = \"groups\"\n",
-            self.issuer
-        );
-        toml::from_str(&text).expect("static dev issuer config parses")
+    /// Signs arbitrary claims with this issuer's key under an arbitrary header.
+    pub fn sign(&self, header: &Header, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(header, claims, &self.key).unwrap_or_default()
     }
 
-    /// The issuer for the gateway, with keys in memory.
-    pub fn gateway_issuer(&self) -> Result<Issuer, String> {
-        Issuer::with_source(&self.config(), JwksSource::Static(self.jwks.clone()), None)
-    }
-
-    /// A signed token with the given claims merged over sensible defaults.
-    pub fn token_with(&self, extra: serde_json::Value) -> String {
+    /// The default claims (for building attack tokens).
+    pub fn claims(&self, extra: serde_json::Value) -> serde_json::Value {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -89,9 +123,38 @@ impl DevIssuer {
                 }
             }
         }
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(DEV_KID.into());
-        jsonwebtoken::encode(&header, &claims, &self.key).unwrap_or_default()
+        claims
+    }
+
+    /// The header this issuer signs with.
+    pub fn header(&self) -> Header {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        header
+    }
+
+    pub fn jwks(&self) -> &JwkSet {
+        &self.jwks
+    }
+
+    /// The issuer's config, as an operator would write it.
+    pub fn config(&self) -> IssuerConfig {
+        let text = format!(
+            "issuer = {:?}\njwks_file = \"/unused\"\naudiences = [{DEV_AUDIENCE:?}]\nalgorithms = [\"EdDSA\"]\ngroups_claim = \"groups\"\n",
+            self.issuer
+        );
+        toml::from_str(&text).expect("static dev issuer config parses")
+    }
+
+    /// The issuer for the gateway, with keys in memory.
+    pub fn gateway_issuer(&self) -> Result<Issuer, String> {
+        Issuer::with_source(&self.config(), JwksSource::Static(self.jwks.clone()), None)
+    }
+
+    /// A signed token with the given claims merged over sensible defaults
+    /// (a `null` removes a claim).
+    pub fn token_with(&self, extra: serde_json::Value) -> String {
+        self.sign(&self.header(), &self.claims(extra))
     }
 
     pub fn token(&self, user: &str, groups: &[&str]) -> String {

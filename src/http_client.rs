@@ -72,13 +72,14 @@ impl ClientHandle {
         Ok(ClientHandle { inner })
     }
 
-    /// GET a small document (a JWKS), bounded in size and time.
+    /// GET a small document (a JWKS, OIDC discovery), bounded in size and time. Returns
+    /// the body and the response's Cache-Control max-age, if any.
     pub async fn get_bytes(
         &self,
         url: &str,
         limit: usize,
         timeout: Duration,
-    ) -> Result<Bytes, String> {
+    ) -> Result<(Bytes, Option<Duration>), String> {
         let req = http::Request::get(url)
             .header(http::header::ACCEPT, "application/json")
             .body(empty())
@@ -88,12 +89,50 @@ impl ClientHandle {
             if !resp.status().is_success() {
                 return Err(format!("HTTP {}", resp.status()));
             }
-            collect_limited(resp.into_body(), limit)
+            let max_age = resp
+                .headers()
+                .get_all(http::header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(max_age);
+            let body = collect_limited(resp.into_body(), limit)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok((body, max_age))
         };
         tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| format!("timed out after {timeout:?}"))?
+    }
+}
+
+/// `max-age=N` from a Cache-Control value (`no-store`/`no-cache` mean 0).
+pub fn max_age(v: &str) -> Option<Duration> {
+    for d in v.split(',').map(str::trim) {
+        if d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache") {
+            return Some(Duration::ZERO);
+        }
+        if let Some(n) = d
+            .strip_prefix("max-age=")
+            .or_else(|| d.strip_prefix("s-maxage="))
+        {
+            return n.trim_matches('"').parse().ok().map(Duration::from_secs);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control() {
+        assert_eq!(
+            max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("private"), None);
     }
 }

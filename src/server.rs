@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tower::ServiceExt;
 
 use crate::auth::jwt::{Issuer, JwtVerifier};
+use crate::auth::personal::PersonalTokens;
 use crate::body::{boxed, full};
 use crate::config::Config;
 use crate::context::PeerAddr;
@@ -38,6 +39,7 @@ pub struct Gateway {
     pub config: Config,
     pub jwt: Arc<JwtVerifier>,
     pub vault: Arc<Vault>,
+    pub personal: Option<Arc<PersonalTokens>>,
     pub policy: Arc<Policy>,
     pub client: ClientHandle,
     pub api: Uri,
@@ -90,6 +92,16 @@ impl Gateway {
             })
             .collect::<Vec<_>>();
         let vault = Vault::load(sources).map_err(|e| errs.extend(e)).ok();
+        let personal = match &config.personal_tokens {
+            Some(pt) => match PersonalTokens::load(pt) {
+                Ok(p) => Some(Arc::new(p)),
+                Err(e) => {
+                    errs.push(format!("personal_tokens.file: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
         let mut policies = HashMap::new();
         for (name, p) in &config.projects {
             match ProjectPolicy::compile(&p.grants) {
@@ -116,10 +128,9 @@ impl Gateway {
                 }
                 let iss = iss.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(iss.refresh_interval);
-                    tick.tick().await;
                     loop {
-                        tick.tick().await;
+                        // The IdP's Cache-Control (bounded) or the configured interval.
+                        tokio::time::sleep(iss.next_refresh()).await;
                         if let Err(e) = iss.refresh_now().await {
                             tracing::warn!(issuer = %iss.issuer, error = %e, "periodic JWKS refresh failed; keeping last good keys");
                         }
@@ -129,6 +140,9 @@ impl Gateway {
         }
         let vault = Arc::new(vault);
         tasks.push(vault.spawn_reloader(config.vault.reload_interval.0));
+        if let Some(p) = &personal {
+            tasks.push(p.spawn_reloader(config.vault.reload_interval.0));
+        }
         let l = &config.limits;
         let limits = Limits {
             max_concurrent: l.max_concurrent_requests,
@@ -149,6 +163,7 @@ impl Gateway {
             config,
             jwt,
             vault,
+            personal,
             policy: Arc::new(Policy::new(policies)),
             client,
             api,

@@ -13,6 +13,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::forward::Forward;
 use crate::layers::access_log::AccessLogLayer;
 use crate::layers::authenticate::Authenticate;
+use crate::layers::credential::ResolveCredential;
 use crate::layers::limits::LimitsLayer;
 use crate::layers::parse::Parse;
 use crate::layers::policy::Authorize;
@@ -39,8 +40,9 @@ pub fn build(g: &Gateway) -> GatewayService {
             g.draining.clone(),
         ))
         .layer(Route::layer(g.project_names()))
-        .layer(Authenticate::layer(g.jwt.clone()))
+        .layer(Authenticate::layer(g.jwt.clone(), g.personal.is_some()))
         .layer(Parse::layer(g.limits.parse))
+        .layer(ResolveCredential::layer(g.personal.clone()))
         .layer(Authorize::layer(g.policy.clone()))
         .layer(Inject::layer(
             g.vault.clone(),

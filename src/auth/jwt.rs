@@ -3,23 +3,28 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+use sha2::Digest;
 
 use super::{AuthError, CredentialKind, Principal};
-use crate::config::IssuerConfig;
+use crate::config::{IssuerConfig, IssuerKind};
 use crate::http_client::HttpClient;
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// JWKS documents larger than this are refused.
 const MAX_JWKS_BYTES: usize = 1 << 20;
+/// Bounds on how often a JWKS is refreshed when the IdP sends Cache-Control.
+const MIN_REFRESH: Duration = Duration::from_secs(60);
+const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// Parses one entry of an issuer's `algorithms` list. Only asymmetric algorithms are
 /// allowed: an HMAC "key" would be the issuer's public key, which anyone can read.
@@ -48,6 +53,8 @@ pub fn parse_allowed_algorithm(s: &str) -> Result<Algorithm, String> {
 #[derive(Clone)]
 pub enum JwksSource {
     Url(String),
+    /// `{issuer}/.well-known/openid-configuration` names the JWKS URL.
+    Discovery,
     File(PathBuf),
     /// Keys given in memory (the dev issuer, tests).
     Static(JwkSet),
@@ -124,6 +131,7 @@ impl KeySet {
 /// One trusted issuer and its keys.
 pub struct Issuer {
     pub issuer: String,
+    kind: IssuerKind,
     audiences: Vec<String>,
     algorithms: Vec<Algorithm>,
     leeway: Duration,
@@ -135,15 +143,22 @@ pub struct Issuer {
     refresh: tokio::sync::Mutex<Option<Instant>>,
     cooldown: Duration,
     pub refresh_interval: Duration,
+    /// When the IdP's Cache-Control asks for another interval, it is kept here.
+    next_refresh: Mutex<Duration>,
+    /// The JWKS URL found by discovery.
+    discovered: Mutex<Option<String>>,
     client: Option<HttpClient>,
+    /// JWKS fetches attempted (for readiness, metrics and tests).
+    pub fetches: AtomicU64,
 }
 
 impl Issuer {
     pub fn new(cfg: &IssuerConfig, client: Option<HttpClient>) -> Result<Issuer, String> {
-        let source = match (&cfg.jwks_url, &cfg.jwks_file) {
-            (Some(u), None) => JwksSource::Url(u.clone()),
-            (None, Some(f)) => JwksSource::File(f.clone()),
-            _ => return Err("set exactly one of jwks_url and jwks_file".into()),
+        let source = match (&cfg.jwks_url, &cfg.jwks_file, cfg.discovery) {
+            (Some(u), None, false) => JwksSource::Url(u.clone()),
+            (None, Some(f), false) => JwksSource::File(f.clone()),
+            (None, None, true) => JwksSource::Discovery,
+            _ => return Err("set exactly one of jwks_url, jwks_file and discovery".into()),
         };
         Self::with_source(cfg, source, client)
     }
@@ -164,6 +179,7 @@ impl Issuer {
         };
         Ok(Issuer {
             issuer: cfg.issuer.clone(),
+            kind: cfg.kind,
             audiences: cfg.audiences.clone(),
             algorithms,
             leeway: cfg.leeway.0,
@@ -175,7 +191,10 @@ impl Issuer {
             refresh: tokio::sync::Mutex::new(None),
             cooldown: cfg.jwks_refresh_cooldown.0,
             refresh_interval: cfg.jwks_refresh_interval.0,
+            next_refresh: Mutex::new(cfg.jwks_refresh_interval.0),
+            discovered: Mutex::new(None),
             client,
+            fetches: AtomicU64::new(0),
         })
     }
 
@@ -183,20 +202,71 @@ impl Issuer {
         self.keys.load().all.len()
     }
 
+    /// How long until the next periodic refresh (Cache-Control, bounded, or the config).
+    pub fn next_refresh(&self) -> Duration {
+        self.next_refresh
+            .lock()
+            .map(|d| *d)
+            .unwrap_or(self.refresh_interval)
+    }
+
+    async fn get(&self, url: &str) -> Result<(bytes::Bytes, Option<Duration>), String> {
+        let client = self.client.as_ref().ok_or("no HTTP client for JWKS")?;
+        client
+            .get_bytes(url, MAX_JWKS_BYTES, Duration::from_secs(10))
+            .await
+    }
+
+    /// The JWKS URL from OIDC discovery; the document must name this exact issuer.
+    async fn discover(&self) -> Result<String, String> {
+        if let Some(u) = self.discovered.lock().ok().and_then(|g| g.clone()) {
+            return Ok(u);
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        );
+        let (body, _) = self
+            .get(&url)
+            .await
+            .map_err(|e| format!("discovery {url}: {e}"))?;
+        let doc: Value =
+            serde_json::from_slice(&body).map_err(|e| format!("discovery document: {e}"))?;
+        if doc.get("issuer").and_then(Value::as_str) != Some(self.issuer.as_str()) {
+            return Err("the discovery document names another issuer".into());
+        }
+        let jwks = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or("the discovery document has no jwks_uri")?
+            .to_string();
+        if let Ok(mut g) = self.discovered.lock() {
+            *g = Some(jwks.clone());
+        }
+        Ok(jwks)
+    }
+
     async fn fetch(&self) -> Result<JwkSet, String> {
-        let bytes = match &self.source {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let (bytes, max_age) = match &self.source {
             JwksSource::Static(set) => return Ok(set.clone()),
-            JwksSource::File(p) => tokio::fs::read(p)
-                .await
-                .map_err(|e| format!("reading {}: {e}", p.display()))?,
-            JwksSource::Url(u) => {
-                let client = self.client.as_ref().ok_or("no HTTP client for JWKS")?;
-                client
-                    .get_bytes(u, MAX_JWKS_BYTES, Duration::from_secs(10))
-                    .await?
-                    .to_vec()
+            JwksSource::File(p) => (
+                tokio::fs::read(p)
+                    .await
+                    .map_err(|e| format!("reading {}: {e}", p.display()))?
+                    .into(),
+                None,
+            ),
+            JwksSource::Url(u) => self.get(u).await?,
+            JwksSource::Discovery => {
+                let u = self.discover().await?;
+                self.get(&u).await?
             }
         };
+        let next = max_age.map_or(self.refresh_interval, |d| d.clamp(MIN_REFRESH, MAX_REFRESH));
+        if let Ok(mut g) = self.next_refresh.lock() {
+            *g = next;
+        }
         serde_json::from_slice(&bytes).map_err(|e| format!("JWKS is not valid JSON: {e}"))
     }
 
@@ -242,7 +312,7 @@ impl Issuer {
         &self,
         token: &str,
         header: &jsonwebtoken::Header,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<(Principal, u64), AuthError> {
         let alg = header.alg;
         if !self.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed);
@@ -271,10 +341,18 @@ impl Issuer {
         v.set_audience(&self.audiences);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &v).map_err(map_jwt_error)?;
-        self.principal(&data.claims)
+        let exp = data
+            .claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(AuthError::Invalid)?;
+        Ok((self.principal(&data.claims)?, exp))
     }
 
     fn principal(&self, claims: &Value) -> Result<Principal, AuthError> {
+        if self.kind == IssuerKind::Kubernetes {
+            return self.service_account(claims);
+        }
         let user = claim_path(claims, &self.user_claim)
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty() && s.len() <= 256)
@@ -298,6 +376,43 @@ impl Issuer {
         Ok(Principal {
             user,
             groups,
+            issuer: self.issuer.clone(),
+            credential: CredentialKind::Jwt,
+        })
+    }
+}
+
+impl Issuer {
+    /// A Kubernetes projected service-account token: `sub` is
+    /// `system:serviceaccount:NAMESPACE:NAME`, which must agree with the
+    /// `kubernetes.io` claim.
+    fn service_account(&self, claims: &Value) -> Result<Principal, AuthError> {
+        let missing = || AuthError::MissingUser("sub".into());
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .ok_or_else(missing)?;
+        let rest = sub
+            .strip_prefix("system:serviceaccount:")
+            .ok_or_else(missing)?;
+        let (ns, name) = rest.split_once(':').ok_or_else(missing)?;
+        let k8s = claims.get("kubernetes.io");
+        let claimed_ns = k8s.and_then(|k| k.get("namespace")).and_then(Value::as_str);
+        let claimed_name = k8s
+            .and_then(|k| k.get("serviceaccount"))
+            .and_then(|s| s.get("name"))
+            .and_then(Value::as_str);
+        if ns.is_empty() || name.is_empty() || claimed_ns != Some(ns) || claimed_name != Some(name)
+        {
+            return Err(AuthError::Invalid);
+        }
+        let p = &self.group_prefix;
+        Ok(Principal {
+            user: sub.to_string(),
+            groups: vec![
+                format!("{p}system:serviceaccounts"),
+                format!("{p}system:serviceaccounts:{ns}"),
+            ],
             issuer: self.issuer.clone(),
             credential: CredentialKind::Jwt,
         })
@@ -328,19 +443,73 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
+/// Verified tokens, so a token's signature is checked once, not on every call. Keyed
+/// by SHA-256 of the token (the token itself is never kept); entries end at `exp`.
+struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], (Principal, u64)>>,
+    capacity: usize,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl TokenCache {
+    fn get(&self, key: &[u8; 32]) -> Option<Principal> {
+        let map = self.entries.lock().ok()?;
+        let (p, exp) = map.get(key)?;
+        (*exp > now_unix()).then(|| p.clone())
+    }
+
+    fn put(&self, key: [u8; 32], p: Principal, exp: u64) {
+        let Ok(mut map) = self.entries.lock() else {
+            return;
+        };
+        if map.len() >= self.capacity {
+            let now = now_unix();
+            map.retain(|_, (_, e)| *e > now);
+            if map.len() >= self.capacity {
+                // Still full of live tokens: start over rather than grow without bound.
+                map.clear();
+            }
+        }
+        map.insert(key, (p, exp));
+    }
+}
+
 /// All trusted issuers.
-#[derive(Default)]
 pub struct JwtVerifier {
     issuers: HashMap<String, Arc<Issuer>>,
+    cache: TokenCache,
+    /// Signature verifications performed (cache misses).
+    pub verifications: AtomicU64,
+}
+
+impl Default for JwtVerifier {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 impl JwtVerifier {
     pub fn new(issuers: Vec<Issuer>) -> Self {
+        Self::with_cache_capacity(issuers, 10_000)
+    }
+
+    pub fn with_cache_capacity(issuers: Vec<Issuer>, capacity: usize) -> Self {
         JwtVerifier {
             issuers: issuers
                 .into_iter()
                 .map(|i| (i.issuer.clone(), Arc::new(i)))
                 .collect(),
+            cache: TokenCache {
+                entries: Mutex::new(HashMap::new()),
+                capacity: capacity.max(1),
+            },
+            verifications: AtomicU64::new(0),
         }
     }
 
@@ -352,10 +521,17 @@ impl JwtVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
+        let key: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(p) = self.cache.get(&key) {
+            return Ok(p);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let iss = unverified_issuer(token).ok_or(AuthError::Malformed)?;
         let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
-        issuer.verify(token, &header).await
+        self.verifications.fetch_add(1, Ordering::Relaxed);
+        let (principal, exp) = issuer.verify(token, &header).await?;
+        self.cache.put(key, principal.clone(), exp);
+        Ok(principal)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Who is calling: credentials in, a `Principal` out.
 
 pub mod jwt;
+pub mod personal;
 
 use std::fmt;
 
@@ -36,7 +37,7 @@ pub struct Principal {
 /// never the credential.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no credentials: send an SSO token as 'Authorization: Bearer <JWT>'")]
+    #[error("no credentials: send an SSO token as 'Authorization: Bearer <JWT>', or a personal gateway token in the token field")]
     Missing,
     #[error("the Authorization header must use the Bearer scheme")]
     BadScheme,
@@ -66,6 +67,10 @@ pub enum AuthError {
     Invalid,
     #[error("the issuer's signing keys are not available")]
     KeysUnavailable,
+    #[error("the token is not a valid gateway token")]
+    UnknownToken,
+    #[error("the token is not valid for this project")]
+    WrongProject,
 }
 
 impl AuthError {
@@ -87,6 +92,8 @@ impl AuthError {
             AuthError::MissingUser(_) => "missing_user",
             AuthError::Invalid => "invalid",
             AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::UnknownToken => "unknown_token",
+            AuthError::WrongProject => "wrong_project",
         }
     }
 }

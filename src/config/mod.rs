@@ -24,6 +24,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub vault: VaultConfig,
+    /// Gateway-issued tokens for clients that cannot send a Bearer header.
+    pub personal_tokens: Option<PersonalTokensConfig>,
     #[serde(default)]
     pub projects: BTreeMap<String, ProjectConfig>,
 }
@@ -144,11 +146,28 @@ pub struct AuthConfig {
     pub issuers: Vec<IssuerConfig>,
 }
 
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IssuerKind {
+    /// An OIDC provider (Keycloak, Entra ID, Okta, ...).
+    #[default]
+    Oidc,
+    /// A Kubernetes cluster's service-account token issuer: the user is
+    /// `system:serviceaccount:NAMESPACE:NAME`, the groups `system:serviceaccounts` and
+    /// `system:serviceaccounts:NAMESPACE`.
+    Kubernetes,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// Must equal the token's `iss` exactly.
     pub issuer: String,
+    #[serde(default)]
+    pub kind: IssuerKind,
+    /// Find the JWKS through `{issuer}/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
     pub jwks_url: Option<String>,
     pub jwks_file: Option<PathBuf>,
     pub audiences: Vec<String>,
@@ -200,6 +219,23 @@ impl Default for VaultConfig {
             reload_interval: Dur(Duration::from_secs(10)),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonalTokensConfig {
+    /// The token file (hashes only); the gateway re-reads it when it changes.
+    pub file: PathBuf,
+    /// HMAC key for the stored hashes (at least 32 characters); keep it out of the
+    /// file, e.g. key = "${REDCAP_GATEWAY_TOKEN_KEY}".
+    pub key: crate::secret::Secret,
+    /// Longest lifetime `token issue` accepts; tokens without --expires get this.
+    #[serde(default = "default_token_lifetime")]
+    pub max_lifetime: Dur,
+}
+
+fn default_token_lifetime() -> Dur {
+    Dur(Duration::from_secs(365 * 24 * 3600))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -316,10 +352,20 @@ impl Config {
                 errs.push(format!("{at}: issuer {:?} is configured twice", iss.issuer));
             }
             match (&iss.jwks_url, &iss.jwks_file) {
-                (None, None) => errs.push(format!("{at}: set jwks_url or jwks_file")),
+                (None, None) if iss.discovery => {
+                    if !(iss.issuer.starts_with("https://") || iss.issuer.starts_with("http://")) {
+                        errs.push(format!("{at}: discovery needs an http(s) issuer URL"));
+                    }
+                }
+                (None, None) => {
+                    errs.push(format!("{at}: set jwks_url, jwks_file or discovery = true"))
+                }
                 (Some(_), Some(_)) => {
                     errs.push(format!("{at}: set only one of jwks_url and jwks_file"))
                 }
+                _ if iss.discovery => errs.push(format!(
+                    "{at}: discovery finds the JWKS itself; remove jwks_url/jwks_file"
+                )),
                 (None, Some(f)) => {
                     if let Err(e) = std::fs::metadata(f) {
                         errs.push(format!("{at}: jwks_file {}: {e}", f.display()));
@@ -344,6 +390,19 @@ impl Config {
             }
             if iss.leeway.0 > Duration::from_secs(300) {
                 errs.push(format!("{at}: leeway over 5 minutes is not allowed"));
+            }
+        }
+        if let Some(pt) = &self.personal_tokens {
+            if pt.key.expose().len() < 32 {
+                errs.push("personal_tokens.key must be at least 32 characters".into());
+            }
+            if let Some(dir) = pt.file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if !dir.is_dir() {
+                    errs.push(format!(
+                        "personal_tokens.file: directory {} does not exist",
+                        dir.display()
+                    ));
+                }
             }
         }
         for (name, p) in &self.projects {

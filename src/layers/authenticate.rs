@@ -22,13 +22,23 @@ const SNIFF_LIMIT: u64 = 64 * 1024;
 #[derive(Clone)]
 pub struct Authenticate {
     jwt: Arc<JwtVerifier>,
+    /// Whether a request without a Bearer header may carry a personal token instead.
+    personal_tokens: bool,
 }
+
+/// Marks a request with no Bearer header: the `token` field must be a personal token,
+/// checked once the body is parsed (layers/credential.rs).
+#[derive(Debug, Clone, Copy)]
+pub struct AwaitingPersonalToken;
 
 pub type AuthenticateLayer = StepLayer<Authenticate>;
 
 impl Authenticate {
-    pub fn layer(jwt: Arc<JwtVerifier>) -> AuthenticateLayer {
-        StepLayer(Authenticate { jwt })
+    pub fn layer(jwt: Arc<JwtVerifier>, personal_tokens: bool) -> AuthenticateLayer {
+        StepLayer(Authenticate {
+            jwt,
+            personal_tokens,
+        })
     }
 
     async fn principal(
@@ -89,6 +99,11 @@ async fn sniff_error_format(req: Req) -> ReturnFormat {
 impl Step for Authenticate {
     async fn apply(&self, mut req: Req) -> Result<Req> {
         let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
+        // A Bearer header decides; without one, the token field may be a personal token.
+        if self.personal_tokens && !req.headers().contains_key(AUTHORIZATION) {
+            req.extensions_mut().insert(AwaitingPersonalToken);
+            return Ok(req);
+        }
         let headers = std::mem::take(req.headers_mut());
         let verified = self.principal(&headers).await;
         *req.headers_mut() = headers;

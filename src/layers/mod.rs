@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod authenticate;
+pub mod credential;
 pub mod limits;
 pub mod parse;
 pub mod policy;
