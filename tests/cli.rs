@@ -15,6 +15,10 @@ fn example_config_parses_and_validates() {
     let out = bin()
         .args(["check-config", EXAMPLE])
         .env("REDCAP_TOKEN_COHORT", "0123456789ABCDEF0123456789ABCDEF")
+        .env(
+            "REDCAP_GATEWAY_TOKEN_KEY",
+            "an-hmac-key-of-at-least-32-characters",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -24,13 +28,17 @@ fn example_config_parses_and_validates() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("OK (1 project(s), 1 issuer(s))"),
+        stdout.contains("OK (1 project(s), 2 issuer(s))"),
         "{stdout}"
     );
     // Without it, the missing variable is named.
     let out = bin()
         .args(["check-config", EXAMPLE])
         .env_remove("REDCAP_TOKEN_COHORT")
+        .env(
+            "REDCAP_GATEWAY_TOKEN_KEY",
+            "an-hmac-key-of-at-least-32-characters",
+        )
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("REDCAP_TOKEN_COHORT"));

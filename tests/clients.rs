@@ -61,3 +61,69 @@ async fn pycap_works_through_the_gateway() {
         delete.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redcaplite_and_pycap_without_headers_use_personal_tokens() {
+    if !have_pycap() {
+        return;
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import redcaplite"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            !required(),
+            "redcaplite is required in CI but is not installed"
+        );
+        eprintln!("SKIPPED: redcaplite is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "\n[personal_tokens]\nfile = \"{}\"\nkey = \"client-test-key-client-test-key-0001\"\n",
+        dir.path().join("tokens.json").display()
+    );
+    let gw = TestGateway::start_with(move |t| {
+        t.replacen(
+            "\n[projects.demo]",
+            &format!("{section}\n[projects.demo]"),
+            1,
+        )
+    })
+    .await;
+    let cfg = gw.env.gateway.config.personal_tokens.clone().unwrap();
+    let (token, _) = redcap_gateway::auth::personal::issue(
+        &cfg,
+        "dev-user",
+        "demo",
+        vec!["redcap-dev".into()],
+        None,
+        "ci",
+    )
+    .unwrap();
+    gw.env.gateway.personal.as_ref().unwrap().reload().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/personal_tokens.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .args([script, &gw.api(), &gw.url("/api/"), token.expose()])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "client checks failed");
+    assert!(stdout.contains("personal tokens: all checks passed"));
+    let seen = gw.env.fake.requests();
+    assert!(seen.len() >= 14);
+    for r in &seen {
+        assert_eq!(
+            r.param("token").as_deref(),
+            Some(gw.token()),
+            "the personal token never reaches REDCap"
+        );
+    }
+}

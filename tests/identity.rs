@@ -106,9 +106,13 @@ impl Idp {
 
 fn issuer_section(iss: &str, source: &str, extra: &str) -> String {
     format!(
-        "\n[[auth.issuers]]\nissuer = \"{iss}\"\n{source}\naudiences = [\"redcap-gateway\"]\nalgorithms = [\"RS256\"]\ngroups_claim = \"groups\"\njwks_refresh_cooldown = \"400ms\"\n{extra}\n"
+        "\n[[auth.issuers]]\nissuer = \"{iss}\"\n{source}\naudiences = [\"redcap-gateway\"]\nalgorithms = [\"RS256\"]\ngroups_claim = \"groups\"\n{extra}\n"
     )
 }
+
+/// Long enough that a slow (debug, loaded) test run stays inside one cooldown window.
+const COOLDOWN: Duration = Duration::from_millis(1500);
+const COOLDOWN_CFG: &str = "jwks_refresh_cooldown = \"1500ms\"";
 
 /// The dev config with an extra issuer inserted before the projects.
 fn with_issuer(section: String) -> impl FnOnce(String) -> String {
@@ -137,7 +141,7 @@ async fn rotation_single_flight_cooldown_and_idp_outage() {
     let gw = TestGateway::start_with(with_issuer(issuer_section(
         &idp.url,
         &format!("jwks_url = \"{}/jwks\"", idp.url),
-        "",
+        COOLDOWN_CFG,
     )))
     .await;
     assert_eq!(idp.fetches(), 1, "keys are loaded at start");
@@ -148,7 +152,7 @@ async fn rotation_single_flight_cooldown_and_idp_outage() {
 
     // Rotation: the IdP starts signing with k2. A burst of 40 requests with the new kid
     // causes exactly one fetch (once the start-up fetch's cooldown has passed).
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(COOLDOWN + Duration::from_millis(100)).await;
     let k2 = DevIssuer::new_rsa(&idp.url, "k2").unwrap();
     idp.serve(&[&k1, &k2]);
     let tokens: Vec<String> = (0..40)
@@ -186,7 +190,7 @@ async fn rotation_single_flight_cooldown_and_idp_outage() {
         2,
         "unknown kids cannot make the gateway hammer the IdP"
     );
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(COOLDOWN + Duration::from_millis(100)).await;
     assert_eq!(
         call(&gw, &t3).await.status,
         200,
@@ -200,7 +204,7 @@ async fn rotation_single_flight_cooldown_and_idp_outage() {
         call(&gw, &k2.token("dave", &["redcap-dev"])).await.status,
         200
     );
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(COOLDOWN + Duration::from_millis(100)).await;
     let k4 = DevIssuer::new_rsa(&idp.url, "k4").unwrap();
     assert_eq!(
         call(&gw, &k4.token("erin", &["redcap-dev"])).await.status,

@@ -396,14 +396,6 @@ impl Config {
             if pt.key.expose().len() < 32 {
                 errs.push("personal_tokens.key must be at least 32 characters".into());
             }
-            if let Some(dir) = pt.file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                if !dir.is_dir() {
-                    errs.push(format!(
-                        "personal_tokens.file: directory {} does not exist",
-                        dir.display()
-                    ));
-                }
-            }
         }
         for (name, p) in &self.projects {
             let at = format!("projects.{name}");
