@@ -22,7 +22,8 @@ pub struct RequestContext {
     pub principal: OnceLock<Principal>,
     pub call: OnceLock<CallSummary>,
     error_format: Mutex<Option<ReturnFormat>>,
-    pub denial: OnceLock<Vec<String>>,
+    /// The policy decision (rule, reasons, users and rights changed).
+    pub decision: OnceLock<crate::policy::Decision>,
 }
 
 impl RequestContext {

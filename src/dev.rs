@@ -191,7 +191,26 @@ token_owner = "redcap_owner"
 
 [[projects.{DEV_PROJECT}.grants]]
 groups = ["{DEV_GROUP}"]
-allow = ["read", "record:import", "user:*", "userDagMapping:*", "userRole:export", "userRoleMapping:export", "file:*"]
+allow = ["read", "record:import", "user:*", "userDagMapping:*", "userRole:export", "userRoleMapping:*", "file:*"]
+
+[projects.{DEV_PROJECT}.user_rules]
+username_pattern = "[a-z][a-z0-9_]{{1,31}}"
+protected_users = ["alice_admin"]
+expiration_max_days = 730
+assignable_dags = ["site_a", "site_b"]
+allow_all_dags = true
+assignable_roles = ["U-527D39JXAC"]
+max_users_per_delete = 5
+
+[projects.{DEV_PROJECT}.user_rules.ceilings]
+user_rights = 0
+design = 0
+data_access_groups = 0
+api_import = 0
+record_delete = 0
+lock_records = 1
+forms = "view-edit"
+forms_export = "deidentified"
 "#
     )
 }

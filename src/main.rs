@@ -33,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Test a policy before deploying it.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Start with an embedded fake REDCap and a dev JWT issuer (the quick start).
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -71,6 +76,97 @@ enum TokenCommand {
         #[arg(long)]
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Show how a call would be read and decided: the parsed call, each rule consulted,
+    /// and the decision with every reason.
+    Explain {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// Comma-separated groups.
+        #[arg(long, default_value = "")]
+        groups: String,
+        #[arg(long)]
+        project: String,
+        /// The urlencoded body, as a client would send it.
+        #[arg(long)]
+        body: String,
+    },
+}
+
+fn policy_command(cmd: PolicyCommand) -> Result<bool, String> {
+    use redcap_gateway::auth::{CredentialKind, Principal};
+    use redcap_gateway::policy::ProjectPolicy;
+    use redcap_gateway::redcap::{php_form, PhpLimits, RedcapCall};
+    let PolicyCommand::Explain {
+        config,
+        user,
+        groups,
+        project,
+        body,
+    } = cmd;
+    let c = Config::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let p = c
+        .projects
+        .get(&project)
+        .ok_or_else(|| format!("unknown project {project:?}"))?;
+    let policy = ProjectPolicy::from_config(p)?;
+    let limits = PhpLimits {
+        max_input_vars: c.limits.max_input_vars,
+        max_input_nesting_level: c.limits.max_input_nesting_level,
+    };
+    let form = php_form::parse_urlencoded(body.as_bytes(), limits)
+        .map_err(|e| format!("body: {e} (400)"))?;
+    let call = RedcapCall::from_form(&form).map_err(|e| format!("body: {e} (400)"))?;
+    let who = Principal {
+        user,
+        groups: groups
+            .split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(str::to_string)
+            .collect(),
+        issuer: "policy-explain".into(),
+        credential: CredentialKind::Jwt,
+    };
+    println!(
+        "call:      content={} action={} -> {}",
+        call.content,
+        call.action.as_deref().unwrap_or(""),
+        call.permission()
+    );
+    println!(
+        "formats:   format={} returnFormat={}",
+        call.format.as_str(),
+        call.return_format.as_str()
+    );
+    if !call.users.is_empty() {
+        println!("users:     {}", call.users.join(", "));
+    }
+    if let Some(d) = &call.data {
+        println!("data:      {} bytes", d.len());
+    }
+    println!("caller:    {} groups=[{}]", who.user, who.groups.join(", "));
+    let d = policy.decide(&who, &call, redcap_gateway::auth::personal::now_unix());
+    for t in &d.trace {
+        println!("consulted: {t}");
+    }
+    for c in &d.effect.changes {
+        println!("change:    {c}");
+    }
+    if d.allowed {
+        println!("decision:  ALLOW");
+    } else {
+        println!("decision:  DENY by {} (403)", d.rule);
+        for r in &d.reasons {
+            println!("  - {r}");
+        }
+    }
+    Ok(d.allowed)
 }
 
 fn token_command(cmd: TokenCommand) -> Result<(), String> {
@@ -211,6 +307,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Policy { command } = cli.command {
+        return match policy_command(command) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Token { command } = cli.command {
         return match token_command(command) {
             Ok(()) => ExitCode::SUCCESS,
@@ -222,7 +328,7 @@ fn main() -> ExitCode {
     }
     rt.block_on(async move {
         match cli.command {
-            Command::Token { .. } => ExitCode::SUCCESS,
+            Command::Token { .. } | Command::Policy { .. } => ExitCode::SUCCESS,
             Command::CheckConfig { file } => match Config::load(&file) {
                 // Everything but network reachability: keys and REDCap are not contacted.
                 Ok(c) => match redcap_gateway::http_client::ClientHandle::new(

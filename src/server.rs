@@ -104,7 +104,7 @@ impl Gateway {
         };
         let mut policies = HashMap::new();
         for (name, p) in &config.projects {
-            match ProjectPolicy::compile(&p.grants) {
+            match ProjectPolicy::from_config(p) {
                 Ok(pp) => {
                     policies.insert(name.clone(), pp);
                 }

@@ -184,3 +184,63 @@ fn check_config_accepts_a_good_file() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
+
+#[test]
+fn policy_explain_shows_the_call_the_rules_and_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("t");
+    std::fs::write(&tok, "0123456789ABCDEF0123456789ABCDEF").unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[projects.p]\ntoken = \"file:{}\"\ntoken_owner = \"owner\"\n[[projects.p.grants]]\ngroups = [\"mgr\"]\nallow = [\"user:*\"]\n[projects.p.user_rules]\nallow_all_dags = true\n",
+            tok.display()
+        ),
+    )
+    .unwrap();
+    let run = |body: &str| {
+        bin()
+            .args([
+                "policy",
+                "explain",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--user",
+                "jane",
+                "--groups",
+                "mgr",
+                "--project",
+                "p",
+                "--body",
+                body,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run("content=user&action=export&format=json&data=%5B%7B%22username%22%3A%22bob%22%2C%22design%22%3A1%7D%5D");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("-> user:import"),
+        "action=export with data is an import: {text}"
+    );
+    assert!(
+        text.contains("consulted: grants: user:import allowed for jane"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DENY by user_import") && text.contains("design=1 is above the ceiling 0"),
+        "{text}"
+    );
+    let out = run("content=user&action=delete&users[]=bob");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("decision:  ALLOW") && text.contains("change:    bob: deleted"),
+        "{text}"
+    );
+    let out = run("content=user&content=record");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than once"));
+}

@@ -549,3 +549,48 @@ async fn project_token_file_rotation_is_followed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn user_rules_deny_with_every_reason_and_nothing_is_forwarded() {
+    let gw = TestGateway::start().await;
+    let data = "%5B%7B%22username%22%3A%22eve%22%2C%22design%22%3A%221%22%7D%2C%7B%22username%22%3A%22redcap_owner%22%7D%5D";
+    for rf in ["json", "csv", "xml"] {
+        let r = gw
+            .post(&format!(
+                "content=user&format=json&returnFormat={rf}&data={data}"
+            ))
+            .await;
+        assert_eq!(r.status, 403, "{}", r.text());
+        let t = r.text();
+        assert!(t.contains("user_import"), "{t}");
+        assert!(
+            t.contains("row 1 (eve): design=1 is above the ceiling 0"),
+            "{t}"
+        );
+        assert!(
+            t.contains("row 2 (redcap_owner): user redcap_owner is protected"),
+            "{t}"
+        );
+    }
+    let r = gw
+        .post("content=user&action=delete&users[]=redcap_owner&returnFormat=json")
+        .await;
+    assert_eq!(r.status, 403);
+    assert!(r.json()["error"].as_str().unwrap().contains("protected"));
+    let r = gw.post("content=userDagMapping&format=csv&returnFormat=json&data=username%2Credcap_data_access_group%0Aeve%2Csite_z%0A").await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("site_z"));
+    assert!(
+        gw.env.fake.requests().is_empty(),
+        "no denied change reached REDCap"
+    );
+    // And an allowed one goes through, with its effect recorded for audit.
+    let ok = "%5B%7B%22username%22%3A%22eve%22%2C%22design%22%3A%220%22%2C%22data_access_group%22%3A%22site_a%22%7D%5D";
+    let r = gw
+        .post(&format!(
+            "content=user&format=json&returnFormat=json&data={ok}"
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(gw.env.fake.requests().len(), 1);
+}

@@ -247,6 +247,101 @@ pub struct ProjectConfig {
     pub token_owner: Option<String>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
+    /// Rules on user, role and DAG changes (user import/delete, userDagMapping,
+    /// userRoleMapping, userRole). Strict defaults apply when left out.
+    #[serde(default)]
+    pub user_rules: UserRulesConfig,
+}
+
+/// What user-changing calls may do; every default is the strict choice.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserRulesConfig {
+    /// Usernames that may be imported, mapped or deleted (a regex, matched whole).
+    pub username_pattern: Option<String>,
+    /// Users never changed or deleted (the project's token_owner always is).
+    pub protected_users: Vec<String>,
+    /// An `expiration` (YYYY-MM-DD) is required on user imports.
+    pub expiration_required: bool,
+    /// ... and may be at most this many days ahead.
+    pub expiration_max_days: Option<u32>,
+    /// DAGs (unique group names) that may be assigned; "*" for any.
+    pub assignable_dags: Vec<String>,
+    /// Whether "no DAG" (access to all records) may be given. A user-import row without
+    /// data_access_group counts as this, since REDCap may clear the user's DAG.
+    pub allow_all_dags: bool,
+    /// Roles (unique role names) that may be assigned through userRoleMapping; "*" any.
+    pub assignable_roles: Vec<String>,
+    /// Most users one delete call may remove.
+    pub max_users_per_delete: usize,
+    /// "reject" (default): a field the gateway does not know fails the call, since a
+    /// future REDCap field may grant rights; "allow": it passes unchecked.
+    pub unknown_fields: UnknownFields,
+    /// Highest value each right may be given (user imports and role definitions).
+    pub ceilings: CeilingsConfig,
+}
+
+impl Default for UserRulesConfig {
+    fn default() -> Self {
+        Self {
+            username_pattern: None,
+            protected_users: Vec::new(),
+            expiration_required: false,
+            expiration_max_days: None,
+            assignable_dags: Vec::new(),
+            allow_all_dags: false,
+            assignable_roles: Vec::new(),
+            max_users_per_delete: 25,
+            unknown_fields: UnknownFields::Reject,
+            ceilings: CeilingsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownFields {
+    Reject,
+    Allow,
+}
+
+/// Per-right ceilings. Numeric rights name a number; `forms` a per-form level
+/// (none, read-only, view-edit, edit-survey, full); `forms_export` an export level
+/// (none, deidentified, remove-identifiers, full). Rights left out are not limited.
+/// (Unknown right names are refused by `UserRules::compile`: serde cannot combine
+/// `flatten` with `deny_unknown_fields`.)
+#[derive(Debug, Clone, Deserialize)]
+pub struct CeilingsConfig {
+    #[serde(flatten)]
+    pub numeric: std::collections::BTreeMap<String, i64>,
+    pub forms: Option<String>,
+    pub forms_export: Option<String>,
+}
+
+impl Default for CeilingsConfig {
+    /// By default nobody can be given rights over users, design, the API's import,
+    /// record deletion, DAGs or unlocking through the gateway.
+    fn default() -> Self {
+        let numeric = [
+            ("user_rights", 0),
+            ("design", 0),
+            ("data_access_groups", 0),
+            ("api_import", 0),
+            ("api_modules", 0),
+            ("record_delete", 0),
+            ("lock_records_customization", 0),
+            ("lock_records_all_forms", 0),
+            ("random_setup", 0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Self {
+            numeric,
+            forms: None,
+            forms_export: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -407,6 +502,11 @@ impl Config {
             // The token is read here too, so one run reports every problem.
             if let Err(e) = crate::vault::TokenSource::parse(&p.token).and_then(|s| s.read(name)) {
                 errs.push(format!("{at}.token: {e}"));
+            }
+            if let Err(e) =
+                crate::policy::users::UserRules::compile(&p.user_rules, p.token_owner.as_deref())
+            {
+                errs.push(format!("{at}.user_rules: {e}"));
             }
             for (i, g) in p.grants.iter().enumerate() {
                 if g.groups.is_empty() && g.users.is_empty() {

@@ -9,7 +9,7 @@ use super::{Req, Result};
 use crate::auth::Principal;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
-use crate::policy::{Decision, Policy};
+use crate::policy::Policy;
 use crate::redcap::RedcapCall;
 
 #[derive(Clone)]
@@ -35,18 +35,17 @@ impl Step for Authorize {
             .extensions()
             .get::<Arc<RedcapCall>>()
             .ok_or_else(missing)?;
-        match self.policy.decide(&project.0, who, call) {
-            Decision::Allow => Ok(req),
-            Decision::Deny(d) => {
-                if let Some(ctx) = req.extensions().get::<Arc<RequestContext>>() {
-                    let _ = ctx.denial.set(d.reasons.clone());
-                }
-                Err(GatewayError::Forbidden(format!(
-                    "denied by the gateway's {} policy: {}",
-                    d.rule,
-                    d.reasons.join("; ")
-                )))
-            }
+        let d = self.policy.decide(&project.0, who, call);
+        if let Some(ctx) = req.extensions().get::<Arc<RequestContext>>() {
+            let _ = ctx.decision.set(d.clone());
         }
+        if d.allowed {
+            return Ok(req);
+        }
+        Err(GatewayError::Forbidden(format!(
+            "denied by the gateway's {} policy: {}",
+            d.rule,
+            d.reasons.join("; ")
+        )))
     }
 }

@@ -1,11 +1,16 @@
-//! Who may do what: per-project grants over REDCap `content:action` pairs.
-//! Decisions are pure functions of (Principal, RedcapCall, policy).
+//! Who may do what: per-project grants over REDCap `content:action` pairs, then the
+//! REDCap-aware rules on user, role and DAG changes (`users.rs`). Decisions are pure
+//! functions of (Principal, RedcapCall, policy, now).
+
+pub mod users;
 
 use std::collections::HashMap;
 
 use crate::auth::Principal;
-use crate::config::GrantConfig;
+use crate::config::{GrantConfig, ProjectConfig};
 use crate::redcap::call::{Operation, RedcapCall, CONTENTS};
+use crate::redcap::user_data;
+pub use users::{Effect, UserRules};
 
 /// Actions a permission can name.
 const ACTIONS: &[&str] = &[
@@ -89,17 +94,30 @@ impl Permission {
     }
 }
 
-/// Why a call was refused.
+/// A decision, with what it was based on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
+pub struct Decision {
+    pub allowed: bool,
+    /// The rule that decided (grants, user_import, user_delete, ...).
     pub rule: &'static str,
+    /// Every reason for a denial (all rows, all rules), empty when allowed.
     pub reasons: Vec<String>,
+    /// Users affected and rights/DAGs/roles set, for the audit log.
+    pub effect: Effect,
+    /// Each rule consulted, for `policy explain`.
+    pub trace: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Allow,
-    Deny(Denial),
+impl Decision {
+    fn deny(rule: &'static str, reasons: Vec<String>, trace: Vec<String>) -> Decision {
+        Decision {
+            allowed: false,
+            rule,
+            reasons,
+            effect: Effect::default(),
+            trace,
+        }
+    }
 }
 
 struct Grant {
@@ -108,13 +126,26 @@ struct Grant {
     permissions: Vec<Permission>,
 }
 
-/// One project's compiled grants.
+/// One project's compiled policy.
 pub struct ProjectPolicy {
     grants: Vec<Grant>,
+    users: UserRules,
 }
 
 impl ProjectPolicy {
     pub fn compile(grants: &[GrantConfig]) -> Result<ProjectPolicy, String> {
+        Self::compile_with(grants, &Default::default(), None)
+    }
+
+    pub fn from_config(p: &ProjectConfig) -> Result<ProjectPolicy, String> {
+        Self::compile_with(&p.grants, &p.user_rules, p.token_owner.as_deref())
+    }
+
+    pub fn compile_with(
+        grants: &[GrantConfig],
+        rules: &crate::config::UserRulesConfig,
+        token_owner: Option<&str>,
+    ) -> Result<ProjectPolicy, String> {
         let mut out = Vec::new();
         for g in grants {
             let mut permissions = Vec::new();
@@ -127,11 +158,27 @@ impl ProjectPolicy {
                 permissions,
             });
         }
-        Ok(ProjectPolicy { grants: out })
+        Ok(ProjectPolicy {
+            grants: out,
+            users: UserRules::compile(rules, token_owner)?,
+        })
     }
 
-    /// Default deny: allowed only when a grant naming the caller allows the call.
-    pub fn decide(&self, who: &Principal, call: &RedcapCall) -> Decision {
+    /// True when some grant names the caller (for self-service and explain).
+    pub fn names(&self, who: &Principal) -> bool {
+        self.grants.iter().any(|g| {
+            g.users.contains(&who.user)
+                || g.groups
+                    .iter()
+                    .any(|grp| who.groups.iter().any(|mine| mine == grp))
+        })
+    }
+
+    /// Default deny: a grant naming the caller must allow the call; then calls that
+    /// change users, roles or DAGs must pass the user rules, every row of them.
+    pub fn decide(&self, who: &Principal, call: &RedcapCall, now: u64) -> Decision {
+        let perm = call.permission();
+        let mut trace = Vec::new();
         let applies = |g: &Grant| {
             g.users.contains(&who.user)
                 || g.groups
@@ -143,18 +190,71 @@ impl ProjectPolicy {
                 .iter()
                 .any(|p| p.allows(&call.content, call.operation))
         });
-        if allowed {
-            Decision::Allow
-        } else {
-            Decision::Deny(Denial {
-                rule: "grants",
-                reasons: vec![format!(
-                    "{} may not {} on this project (no grant allows {})",
+        if !allowed {
+            trace.push(format!("grants: no grant for {} allows {perm}", who.user));
+            return Decision::deny(
+                "grants",
+                vec![format!(
+                    "{} may not {} on this project (no grant allows {perm})",
                     who.user,
-                    call.operation.as_str(),
-                    call.permission()
+                    call.operation.as_str()
                 )],
-            })
+                trace,
+            );
+        }
+        trace.push(format!("grants: {perm} allowed for {}", who.user));
+        let rows = || {
+            let data = call.data.as_deref().unwrap_or(b"");
+            user_data::parse(call.format.as_str(), data)
+        };
+        let outcome = match (call.content.as_str(), call.operation) {
+            ("user", Operation::Delete) => self.users.user_delete(&call.users),
+            ("user", Operation::Import) => match rows() {
+                Ok(r) => self.users.user_import(&r, now),
+                Err(e) => return Decision::deny("user_import", vec![format!("data: {e}")], trace),
+            },
+            ("userRole", Operation::Import) => match rows() {
+                Ok(r) => self.users.role_import(&r),
+                Err(e) => return Decision::deny("user_role", vec![format!("data: {e}")], trace),
+            },
+            ("userRoleMapping", Operation::Import) => match rows() {
+                Ok(r) => self.users.role_mapping(&r),
+                Err(e) => {
+                    return Decision::deny("user_role_mapping", vec![format!("data: {e}")], trace)
+                }
+            },
+            ("userDagMapping", Operation::Import) => match rows() {
+                Ok(r) => self.users.dag_mapping(&r),
+                Err(e) => {
+                    return Decision::deny("user_dag_mapping", vec![format!("data: {e}")], trace)
+                }
+            },
+            _ => {
+                return Decision {
+                    allowed: true,
+                    rule: "grants",
+                    reasons: Vec::new(),
+                    effect: Effect::default(),
+                    trace,
+                }
+            }
+        };
+        trace.push(format!(
+            "{}: {} row(s) checked, {}",
+            outcome.rule,
+            outcome.effect.users.len(),
+            if outcome.reasons.is_empty() {
+                "all pass".to_string()
+            } else {
+                format!("{} problem(s)", outcome.reasons.len())
+            }
+        ));
+        Decision {
+            allowed: outcome.reasons.is_empty(),
+            rule: outcome.rule,
+            reasons: outcome.reasons,
+            effect: outcome.effect,
+            trace,
         }
     }
 }
@@ -170,13 +270,18 @@ impl Policy {
         Policy { projects }
     }
 
+    pub fn project(&self, project: &str) -> Option<&ProjectPolicy> {
+        self.projects.get(project)
+    }
+
     pub fn decide(&self, project: &str, who: &Principal, call: &RedcapCall) -> Decision {
         match self.projects.get(project) {
-            Some(p) => p.decide(who, call),
-            None => Decision::Deny(Denial {
-                rule: "grants",
-                reasons: vec!["the project has no policy".into()],
-            }),
+            Some(p) => p.decide(who, call, crate::auth::personal::now_unix()),
+            None => Decision::deny(
+                "grants",
+                vec!["the project has no policy".into()],
+                Vec::new(),
+            ),
         }
     }
 }
@@ -242,22 +347,23 @@ mod tests {
             ),
         ];
         for (w, body, want) in cases {
-            let got = p.decide(&w, &call(body)) == Decision::Allow;
+            let got = p.decide(&w, &call(body), 0).allowed;
             assert_eq!(got, want, "{} {body}", w.user);
         }
     }
 
     #[test]
     fn switch_needs_explicit_grant() {
-        assert_ne!(
-            policy(&["t"], &[], &["*:*"])
-                .decide(&who("x", &["t"]), &call("content=dag&action=switch")),
-            Decision::Allow
+        let switch = call("content=dag&action=switch");
+        assert!(
+            !policy(&["t"], &[], &["*:*"])
+                .decide(&who("x", &["t"]), &switch, 0)
+                .allowed
         );
-        assert_eq!(
+        assert!(
             policy(&["t"], &[], &["dag:switch"])
-                .decide(&who("x", &["t"]), &call("content=dag&action=switch")),
-            Decision::Allow
+                .decide(&who("x", &["t"]), &switch, 0)
+                .allowed
         );
     }
 

@@ -5,6 +5,7 @@ pub mod call;
 pub mod error_body;
 pub mod multipart;
 pub mod php_form;
+pub mod user_data;
 
 pub use call::{CallError, Operation, RedcapCall};
 pub use error_body::ReturnFormat;
