@@ -24,6 +24,12 @@ pub struct RequestContext {
     error_format: Mutex<Option<ReturnFormat>>,
     /// The policy decision (rule, reasons, users and rights changed).
     pub decision: OnceLock<crate::policy::Decision>,
+    /// The error kind (and auth failure reason) when the request was refused.
+    pub error: OnceLock<(&'static str, Option<&'static str>)>,
+    pub upstream_status: OnceLock<u16>,
+    pub request_id: OnceLock<String>,
+    pub client: OnceLock<std::net::SocketAddr>,
+    pub bytes_in: OnceLock<u64>,
 }
 
 impl RequestContext {

@@ -172,7 +172,7 @@ pub fn random_redcap_token() -> Secret {
 }
 
 /// The dev-mode config text: one demo project, grants for the dev group.
-pub fn dev_config_text(listen: &str, upstream: &str, token_file: &str) -> String {
+pub fn dev_config_text(listen: &str, upstream: &str, token_file: &str, audit_file: &str) -> String {
     format!(
         r#"
 [server]
@@ -184,6 +184,10 @@ url = "{upstream}"
 
 [vault]
 reload_interval = "2s"
+
+[audit]
+sink = "file"
+path = "{audit_file}"
 
 [projects.{DEV_PROJECT}]
 token = "file:{token_file}"
@@ -236,10 +240,12 @@ impl DevEnv {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let token_file = dir.path().join("demo.token");
         std::fs::write(&token_file, project_token.expose()).map_err(|e| e.to_string())?;
+        let audit_file = dir.path().join("audit.log");
         let text = edit(dev_config_text(
             listen,
             &fake.url(),
             &token_file.display().to_string(),
+            &audit_file.display().to_string(),
         ));
         let config =
             Config::from_toml(&text, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
@@ -258,7 +264,7 @@ impl DevEnv {
 }
 
 /// What dev mode prints: a token and two snippets that work as they are.
-pub fn banner(url: &str, jwt: &str) -> String {
+pub fn banner(url: &str, jwt: &str, audit: &str) -> String {
     let api = format!("{url}/p/{DEV_PROJECT}/api/");
     format!(
         "\nredcap-gateway dev mode: a fake REDCap with project '{DEV_PROJECT}' is behind {api}\n\n\
@@ -266,6 +272,7 @@ pub fn banner(url: &str, jwt: &str) -> String {
          curl:\n\n  curl -s -H 'Authorization: Bearer {jwt}' \\\n    -d content=record -d format=json -d returnFormat=json {api}\n\n\
          PyCap 2.7.0 (pip install PyCap==2.7.0):\n\n  python3 -c 'from redcap import Project; \
          p = Project(\"{api}\", \"0\"*32, headers={{\"Authorization\": \"Bearer {jwt}\"}}); print(p.export_records())'\n\n\
+         The audit log is {audit} (check it: redcap-gateway verify-audit {audit}).\n\
          Ctrl-C stops it.\n",
     )
 }

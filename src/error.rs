@@ -43,6 +43,13 @@ pub enum GatewayError {
     ShuttingDown,
     #[error("the project's REDCap token is not available")]
     TokenUnavailable,
+    #[error("the audit log cannot be written; changes are refused until it can")]
+    AuditUnavailable,
+    #[error("rate limit reached ({limit}); retry in {retry_after_secs} s")]
+    RateLimited {
+        limit: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("REDCap could not be reached")]
     UpstreamUnreachable,
     #[error("REDCap did not answer in time")]
@@ -61,7 +68,10 @@ impl GatewayError {
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Overloaded | ShuttingDown | TokenUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded | ShuttingDown | TokenUnavailable | AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -70,7 +80,7 @@ impl GatewayError {
     pub fn side(&self) -> Side {
         use GatewayError::*;
         match self {
-            Overloaded | ShuttingDown | TokenUnavailable => Side::Gateway,
+            Overloaded | ShuttingDown | TokenUnavailable | AuditUnavailable => Side::Gateway,
             UpstreamUnreachable | UpstreamTimeout => Side::Upstream,
             _ => Side::Client,
         }
@@ -92,6 +102,8 @@ impl GatewayError {
             Overloaded => "overloaded",
             ShuttingDown => "shutting_down",
             TokenUnavailable => "token_unavailable",
+            AuditUnavailable => "audit_unavailable",
+            RateLimited { .. } => "rate_limited",
             UpstreamUnreachable => "upstream_unreachable",
             UpstreamTimeout => "upstream_timeout",
         }

@@ -62,14 +62,21 @@ pub struct Forward {
     client: ClientHandle,
     api: Arc<Uri>,
     timeout: Duration,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl Forward {
-    pub fn new(client: ClientHandle, api: Uri, timeout: Duration) -> Self {
+    pub fn new(
+        client: ClientHandle,
+        api: Uri,
+        timeout: Duration,
+        metrics: Arc<crate::telemetry::Metrics>,
+    ) -> Self {
         Forward {
             client,
             api: Arc::new(api),
             timeout,
+            metrics,
         }
     }
 }
@@ -86,7 +93,12 @@ impl Service<Req> for Forward {
     fn call(&mut self, req: Req) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
+            let ctx = req
+                .extensions()
+                .get::<Arc<crate::context::RequestContext>>()
+                .cloned();
             let (parts, body) = req.into_parts();
+            let started = std::time::Instant::now();
             let mut out = Request::post((*this.api).clone())
                 .body(body)
                 .map_err(|_| GatewayError::UpstreamUnreachable)?;
@@ -107,6 +119,12 @@ impl Service<Req> for Forward {
                 }
                 Ok(Ok(r)) => r,
             };
+            this.metrics
+                .upstream_duration
+                .observe(started.elapsed().as_secs_f64());
+            if let Some(ctx) = &ctx {
+                let _ = ctx.upstream_status.set(resp.status().as_u16());
+            }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Ok(Resp::from_parts(

@@ -1,6 +1,7 @@
 //! redcap-gateway: an authenticating, policy-enforcing reverse proxy for REDCap's API.
 //! See docs/ARCHITECTURE.md for the design; `stack.rs` for the request path.
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -12,10 +13,12 @@ pub mod forward;
 pub mod http_client;
 pub mod layers;
 pub mod policy;
+pub mod ratelimit;
 pub mod redcap;
 pub mod secret;
 pub mod server;
 pub mod stack;
+pub mod telemetry;
 pub mod vault;
 
 pub use body::BoxError;

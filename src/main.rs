@@ -33,6 +33,14 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Check an audit log's hash chain (with its rotated files) and name the first
+    /// broken line.
+    VerifyAudit {
+        file: PathBuf,
+        /// Environment variable holding the HMAC key, if the chain is keyed.
+        #[arg(long)]
+        hmac_key_env: Option<String>,
+    },
     /// Test a policy before deploying it.
     Policy {
         #[command(subcommand)]
@@ -167,6 +175,52 @@ fn policy_command(cmd: PolicyCommand) -> Result<bool, String> {
         }
     }
     Ok(d.allowed)
+}
+
+fn verify_audit(file: &std::path::Path, key_env: Option<&str>) -> ExitCode {
+    use redcap_gateway::audit::{chain, chain_files};
+    let key = match key_env {
+        Some(name) => match std::env::var(name) {
+            Ok(k) => Some(redcap_gateway::secret::Secret::new(k)),
+            Err(_) => {
+                eprintln!("error: environment variable {name} is not set");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let mut files = Vec::new();
+    for p in chain_files(file) {
+        match std::fs::read(&p) {
+            Ok(b) => files.push((
+                p.display().to_string(),
+                String::from_utf8_lossy(&b).into_owned(),
+            )),
+            Err(e) => {
+                eprintln!("error: {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match chain::verify(&files, key.as_ref()) {
+        Ok(v) => {
+            println!(
+                "OK: {} records in {} file(s), chain intact{}",
+                v.records,
+                files.len(),
+                if v.starts_mid_chain {
+                    " (starts after older files were rotated away)"
+                } else {
+                    ""
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(b) => {
+            println!("BROKEN at {}:{}: {}", b.file, b.line, b.reason);
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn token_command(cmd: TokenCommand) -> Result<(), String> {
@@ -307,6 +361,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::VerifyAudit { file, hmac_key_env } = &cli.command {
+        return verify_audit(file, hmac_key_env.as_deref());
+    }
     if let Command::Policy { command } = cli.command {
         return match policy_command(command) {
             Ok(true) => ExitCode::SUCCESS,
@@ -328,7 +385,9 @@ fn main() -> ExitCode {
     }
     rt.block_on(async move {
         match cli.command {
-            Command::Token { .. } | Command::Policy { .. } => ExitCode::SUCCESS,
+            Command::Token { .. } | Command::Policy { .. } | Command::VerifyAudit { .. } => {
+                ExitCode::SUCCESS
+            }
             Command::CheckConfig { file } => match Config::load(&file) {
                 // Everything but network reachability: keys and REDCap are not contacted.
                 Ok(c) => match redcap_gateway::http_client::ClientHandle::new(
@@ -389,14 +448,11 @@ fn main() -> ExitCode {
                     }
                 };
                 let url = format!("http://{}", env.gateway.config.server.listen);
-                println!(
-                    "{}",
-                    redcap_gateway::dev::banner(
-                        &url,
-                        &env.issuer
-                            .token("dev-user", &[redcap_gateway::dev::DEV_GROUP])
-                    )
-                );
+                let audit = env.dir.path().join("audit.log").display().to_string();
+                let jwt = env
+                    .issuer
+                    .token("dev-user", &[redcap_gateway::dev::DEV_GROUP]);
+                println!("{}", redcap_gateway::dev::banner(&url, &jwt, &audit));
                 match serve(env.gateway.clone()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {

@@ -15,6 +15,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
+use crate::audit::Audit;
 use crate::auth::jwt::{Issuer, JwtVerifier};
 use crate::auth::personal::PersonalTokens;
 use crate::body::{boxed, full};
@@ -24,7 +25,9 @@ use crate::forward::api_uri;
 use crate::http_client::ClientHandle;
 use crate::layers::parse::ParseLimits;
 use crate::policy::{Policy, ProjectPolicy};
+use crate::ratelimit::RateLimits;
 use crate::redcap::PhpLimits;
+use crate::telemetry::Metrics;
 use crate::vault::{TokenSource, Vault};
 
 #[derive(Clone, Copy)]
@@ -46,6 +49,9 @@ pub struct Gateway {
     pub upstream_timeout: Duration,
     pub limits: Limits,
     pub draining: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    pub audit: Arc<Audit>,
+    pub limits_rt: Arc<RateLimits>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -111,10 +117,23 @@ impl Gateway {
                 Err(e) => errs.push(format!("projects.{name}.grants: {e}")),
             }
         }
-        let (Some(client), Some(api), Some(vault), true) = (client, api, vault, errs.is_empty())
+        let metrics = Metrics::new()
+            .map_err(|e| errs.push(format!("metrics: {e}")))
+            .ok();
+        let audit = Audit::start(&config.audit)
+            .map_err(|e| errs.push(format!("audit: {e}")))
+            .ok();
+        let (Some(client), Some(api), Some(vault), Some(metrics), Some(audit), true) =
+            (client, api, vault, metrics, audit, errs.is_empty())
         else {
             return Err(errs);
         };
+        metrics.register(Box::new(audit.writes_ok.clone()));
+        metrics.register(Box::new(audit.writes_failed.clone()));
+        let metrics = Arc::new(metrics);
+        let limits_rt = RateLimits::new(&config.rate_limit, metrics.clone())
+            .await
+            .map_err(|e| vec![format!("rate_limit: {e}")])?;
 
         let jwt = Arc::new(JwtVerifier::new(issuers));
         let mut tasks = Vec::new();
@@ -169,6 +188,9 @@ impl Gateway {
             api,
             limits,
             draining: Arc::new(AtomicBool::new(false)),
+            metrics,
+            audit,
+            limits_rt: Arc::new(limits_rt),
             tasks,
         })
     }
@@ -177,8 +199,12 @@ impl Gateway {
         self.config.projects.keys().cloned().collect()
     }
 
-    /// Ready when every project has a token and every issuer has keys.
+    /// Ready when every project has a token, every issuer has keys and the audit log
+    /// can be written.
     pub fn ready(&self) -> Result<(), String> {
+        if !self.audit.healthy() {
+            return Err("the audit log cannot be written".into());
+        }
         if !self.vault.ready() {
             return Err("a project token is not loaded".into());
         }
@@ -247,6 +273,10 @@ pub async fn run(
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
     }
+    // Every record queued by the drained requests reaches the log before we return.
+    if let Err(e) = gateway.audit.flush().await {
+        tracing::error!(error = %e, "audit log not flushed at shutdown");
+    }
     Ok(())
 }
 
@@ -267,6 +297,7 @@ pub async fn run_admin(
             let g = g.clone();
             async move {
                 let (status, text) = match req.uri().path() {
+                    "/metrics" => (200, g.metrics.render()),
                     "/healthz" => (200, "ok".to_string()),
                     "/readyz" => match g.ready() {
                         Ok(()) => (200, "ready".to_string()),

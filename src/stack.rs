@@ -1,6 +1,6 @@
 //! The whole request path, outermost first. This is the one place the order is written.
 //! Every failure below Rescue is a typed `GatewayError`; Rescue turns it into a
-//! REDCap-shaped response, so the access log (and later metrics/audit) see every request.
+//! REDCap-shaped response, so the access log, metrics and audit see every request.
 
 use std::convert::Infallible;
 
@@ -12,11 +12,14 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::forward::Forward;
 use crate::layers::access_log::AccessLogLayer;
+use crate::layers::audit_intent::AuditIntent;
 use crate::layers::authenticate::Authenticate;
 use crate::layers::credential::ResolveCredential;
 use crate::layers::limits::LimitsLayer;
+use crate::layers::observe::ObserveLayer;
 use crate::layers::parse::Parse;
 use crate::layers::policy::Authorize;
+use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::Route;
 use crate::layers::vault::Inject;
@@ -34,6 +37,7 @@ pub fn build(g: &Gateway) -> GatewayService {
             COOKIE,
         ]))
         .layer(AccessLogLayer)
+        .layer(ObserveLayer::new(g.audit.clone(), g.metrics.clone()))
         .layer(RescueLayer)
         .layer(LimitsLayer::new(
             g.limits.max_concurrent,
@@ -44,14 +48,17 @@ pub fn build(g: &Gateway) -> GatewayService {
         .layer(Parse::layer(g.limits.parse))
         .layer(ResolveCredential::layer(g.personal.clone()))
         .layer(Authorize::layer(g.policy.clone()))
+        .layer(RateLimitLayer::new(g.limits_rt.clone()))
         .layer(Inject::layer(
             g.vault.clone(),
             g.limits.parse.php.max_input_vars,
         ))
+        .layer(AuditIntent::layer(g.audit.clone()))
         .service(Forward::new(
             g.client.clone(),
             g.api.clone(),
             g.upstream_timeout,
+            g.metrics.clone(),
         ));
     BoxCloneService::new(svc)
 }

@@ -19,6 +19,7 @@ fn example_config_parses_and_validates() {
             "REDCAP_GATEWAY_TOKEN_KEY",
             "an-hmac-key-of-at-least-32-characters",
         )
+        .env("REDCAP_GATEWAY_AUDIT_KEY", "audit-key")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -39,6 +40,7 @@ fn example_config_parses_and_validates() {
             "REDCAP_GATEWAY_TOKEN_KEY",
             "an-hmac-key-of-at-least-32-characters",
         )
+        .env("REDCAP_GATEWAY_AUDIT_KEY", "audit-key")
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("REDCAP_TOKEN_COHORT"));

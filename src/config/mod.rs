@@ -27,6 +27,10 @@ pub struct Config {
     /// Gateway-issued tokens for clients that cannot send a Bearer header.
     pub personal_tokens: Option<PersonalTokensConfig>,
     #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
     pub projects: BTreeMap<String, ProjectConfig>,
 }
 
@@ -217,6 +221,114 @@ impl Default for VaultConfig {
     fn default() -> Self {
         Self {
             reload_interval: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSink {
+    File,
+    Stdout,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenAuditFails {
+    /// Keep serving reads (mutating calls are always refused).
+    Serve,
+    /// Refuse reads too (503).
+    Refuse,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub sink: AuditSink,
+    /// The file, for sink = "file".
+    pub path: Option<PathBuf>,
+    /// Rotate when the file would pass this size; keep this many rotated files.
+    pub max_bytes: Size,
+    pub keep: usize,
+    /// Key the hash chain with HMAC-SHA256 (verify-audit then needs the key).
+    pub hmac_key: Option<crate::secret::Secret>,
+    /// fsync intent records before forwarding (flush always happens).
+    pub fsync: bool,
+    /// What reads do while the sink cannot write.
+    pub on_failure_reads: WhenAuditFails,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: AuditSink::Stdout,
+            path: None,
+            max_bytes: Size(100 << 20),
+            keep: 10,
+            hmac_key: None,
+            fsync: false,
+            on_failure_reads: WhenAuditFails::Serve,
+        }
+    }
+}
+
+/// A rate: `limit` units per `per`, with bursts up to `burst` (default: limit).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub limit: u32,
+    pub per: Dur,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenRedisFails {
+    /// Fall back to in-process limits divided by `replicas`.
+    Local,
+    /// Refuse calls (503) until Redis answers again.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub per_user: Option<RateConfig>,
+    pub per_project: Option<RateConfig>,
+    pub per_user_project: Option<RateConfig>,
+    /// The cap on everything sent to REDCap, below REDCap's own per-IP ban threshold.
+    pub upstream: Option<RateConfig>,
+    /// How long a call may wait for room under the upstream cap before 429.
+    pub upstream_queue: Dur,
+    /// What an import, delete or other change costs (a read costs 1).
+    pub mutating_cost: u32,
+    /// Calls one user may have in flight at once.
+    pub per_user_concurrency: Option<usize>,
+    /// Calls in flight to REDCap at once.
+    pub upstream_concurrency: Option<usize>,
+    /// Share limits across replicas through Redis (redis://host:port/).
+    pub redis_url: Option<String>,
+    pub redis_timeout: Dur,
+    pub on_redis_error: WhenRedisFails,
+    /// Replicas sharing the limits (local fallback divides by this).
+    pub replicas: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_user: None,
+            per_project: None,
+            per_user_project: None,
+            upstream: None,
+            upstream_queue: Dur(Duration::from_secs(2)),
+            mutating_cost: 5,
+            per_user_concurrency: None,
+            upstream_concurrency: None,
+            redis_url: None,
+            redis_timeout: Dur(Duration::from_millis(250)),
+            on_redis_error: WhenRedisFails::Local,
+            replicas: 1,
         }
     }
 }
@@ -485,6 +597,35 @@ impl Config {
             }
             if iss.leeway.0 > Duration::from_secs(300) {
                 errs.push(format!("{at}: leeway over 5 minutes is not allowed"));
+            }
+        }
+        if self.audit.sink == AuditSink::File && self.audit.path.is_none() {
+            errs.push("audit.path is required when audit.sink = \"file\"".into());
+        }
+        if self.audit.keep == 0 || self.audit.max_bytes.0 < 4096 {
+            errs.push("audit.keep must be at least 1 and audit.max_bytes at least 4096".into());
+        }
+        let rl = &self.rate_limit;
+        for (name, r) in [
+            ("per_user", rl.per_user),
+            ("per_project", rl.per_project),
+            ("per_user_project", rl.per_user_project),
+            ("upstream", rl.upstream),
+        ] {
+            if let Some(r) = r {
+                if r.limit == 0 || r.per.0.is_zero() || r.burst == Some(0) {
+                    errs.push(format!(
+                        "rate_limit.{name}: limit, per and burst must be positive"
+                    ));
+                }
+            }
+        }
+        if rl.mutating_cost == 0 || rl.replicas == 0 {
+            errs.push("rate_limit.mutating_cost and rate_limit.replicas must be at least 1".into());
+        }
+        if let Some(u) = &rl.redis_url {
+            if !u.starts_with("redis://") && !u.starts_with("rediss://") {
+                errs.push("rate_limit.redis_url must be redis://... or rediss://...".into());
             }
         }
         if let Some(pt) = &self.personal_tokens {

@@ -1,11 +1,14 @@
 //! The gateway's middleware, one module per layer. The order is written in `stack.rs`.
 
 pub mod access_log;
+pub mod audit_intent;
 pub mod authenticate;
 pub mod credential;
 pub mod limits;
+pub mod observe;
 pub mod parse;
 pub mod policy;
+pub mod rate_limit;
 pub mod rescue;
 pub mod route;
 pub mod step;

@@ -102,8 +102,12 @@ impl Step for Parse {
             Kind::Urlencoded => l.max_urlencoded,
             Kind::Multipart(_) => l.max_multipart,
         };
-        if content_length(&req).is_some_and(|n| n > max) {
+        let declared = content_length(&req);
+        if declared.is_some_and(|n| n > max) {
             return Err(GatewayError::PayloadTooLarge(max));
+        }
+        if let (Some(ctx), Some(n)) = (&ctx, declared) {
+            let _ = ctx.bytes_in.set(n);
         }
         let body = std::mem::take(req.body_mut());
         let (form, parsed) = match kind {
@@ -117,6 +121,9 @@ impl Step for Parse {
                             GatewayError::BadRequest("the request body could not be read".into())
                         }
                     })?;
+                if let Some(ctx) = &ctx {
+                    let _ = ctx.bytes_in.set(raw.len() as u64);
+                }
                 let form = parse_urlencoded(&raw, l.php)?;
                 (form.clone(), FormBody::Urlencoded { raw, form })
             }

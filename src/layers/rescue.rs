@@ -52,8 +52,16 @@ pub fn error_response(err: &GatewayError, format: ReturnFormat) -> Resp {
         GatewayError::MethodNotAllowed => {
             h.insert(ALLOW, HeaderValue::from_static("POST"));
         }
-        GatewayError::Overloaded | GatewayError::ShuttingDown | GatewayError::TokenUnavailable => {
+        GatewayError::Overloaded
+        | GatewayError::ShuttingDown
+        | GatewayError::TokenUnavailable
+        | GatewayError::AuditUnavailable => {
             h.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        GatewayError::RateLimited {
+            retry_after_secs, ..
+        } => {
+            h.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         _ => {}
     }
@@ -91,6 +99,11 @@ where
             match inner.call(req).await {
                 Ok(resp) => Ok(resp),
                 Err(err) => {
+                    let reason = match &err {
+                        GatewayError::Unauthenticated(a) => Some(a.reason()),
+                        _ => None,
+                    };
+                    let _ = ctx.error.set((err.kind(), reason));
                     match err.side() {
                         Side::Client => {
                             tracing::info!(error = %err, kind = err.kind(), "request refused")
@@ -127,6 +140,14 @@ mod tests {
             (GatewayError::ShuttingDown, 503),
             (GatewayError::UpstreamUnreachable, 502),
             (GatewayError::UpstreamTimeout, 504),
+            (GatewayError::AuditUnavailable, 503),
+            (
+                GatewayError::RateLimited {
+                    limit: "user",
+                    retry_after_secs: 3,
+                },
+                429,
+            ),
         ];
         for (err, status) in cases {
             for fmt in [ReturnFormat::Json, ReturnFormat::Csv, ReturnFormat::Xml] {

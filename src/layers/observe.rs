@@ -1,0 +1,239 @@
+//! Observe: metrics and the final audit record, exactly once per request. A guard is
+//! created when the request arrives and travels into the response body; when the body
+//! ends, or is dropped because the client went away, or the request is dropped before
+//! any response, the guard writes the record and counts the request.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::Frame;
+use tower::{Layer, Service};
+
+use super::{Req, Resp};
+use crate::audit::{Audit, Record};
+use crate::body::{Body, BoxError};
+use crate::context::{PeerAddr, RequestContext};
+use crate::telemetry::{status_class, Metrics};
+
+#[derive(Clone)]
+pub struct ObserveLayer {
+    audit: Arc<Audit>,
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    pub fn new(audit: Arc<Audit>, metrics: Arc<Metrics>) -> Self {
+        ObserveLayer { audit, metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    layer: ObserveLayer,
+}
+
+/// Builds an audit record from what the layers learned.
+pub fn record(ctx: &RequestContext, phase: &'static str) -> Record {
+    let p = ctx.principal.get();
+    let call = ctx.call.get();
+    let d = ctx.decision.get();
+    Record {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        phase,
+        request_id: ctx.request_id.get().cloned().unwrap_or_default(),
+        user: p.map(|p| p.user.clone()),
+        groups: p.map(|p| p.groups.clone()).unwrap_or_default(),
+        issuer: p.map(|p| p.issuer.clone()),
+        credential: p.map(|p| p.credential.as_str()),
+        project: ctx.project.get().cloned(),
+        content: call.map(|c| c.content.clone()),
+        action: call.map(|c| c.action.clone()),
+        format: call.map(|c| c.format),
+        return_format: call.map(|c| c.return_format),
+        decision: match d {
+            Some(d) if d.allowed => "allow",
+            Some(_) => "deny",
+            None => "none",
+        },
+        rule: d.map(|d| d.rule),
+        reasons: d.map(|d| d.reasons.clone()).unwrap_or_default(),
+        users: d
+            .map(|d| d.effect.users.clone())
+            .filter(|u| !u.is_empty())
+            .or_else(|| call.map(|c| c.users.clone()))
+            .unwrap_or_default(),
+        changes: d.map(|d| d.effect.changes.clone()).unwrap_or_default(),
+        error: ctx.error.get().map(|(k, _)| *k),
+        bytes_in: ctx.bytes_in.get().copied(),
+        upstream_status: ctx.upstream_status.get().copied(),
+        client: ctx.client.get().map(|a| a.ip().to_string()),
+        ..Record::default()
+    }
+}
+
+struct Final {
+    audit: Arc<Audit>,
+    metrics: Arc<Metrics>,
+    ctx: Arc<RequestContext>,
+    started: Instant,
+    status: Option<u16>,
+    bytes_out: u64,
+    ended: bool,
+}
+
+impl Drop for Final {
+    fn drop(&mut self) {
+        let ctx = &self.ctx;
+        let mut r = record(ctx, "final");
+        r.status = self.status;
+        r.bytes_out = Some(self.bytes_out);
+        r.duration_ms = Some((self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
+        r.complete = self.ended;
+        self.audit.record(&r);
+        let m = &self.metrics;
+        m.in_flight.dec();
+        m.bytes_out.inc_by(self.bytes_out);
+        if let Some(n) = r.bytes_in {
+            m.bytes_in.inc_by(n);
+        }
+        if let Some((_, Some(reason))) = ctx.error.get() {
+            m.auth_failures.with_label_values(&[reason]).inc();
+        }
+        let status = self.status.map_or("none", status_class);
+        m.requests
+            .with_label_values(&[
+                r.project.as_deref().unwrap_or("-"),
+                r.content.as_deref().unwrap_or("-"),
+                r.action.as_deref().unwrap_or("-"),
+                r.decision,
+                status,
+            ])
+            .inc();
+    }
+}
+
+/// The response body, counted; the guard goes when the body does.
+struct Observed {
+    inner: Body,
+    guard: Final,
+}
+
+impl http_body::Body for Observed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.guard.bytes_out += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.guard.ended = true,
+            _ => {}
+        }
+        // hyper stops polling once the body says it has ended; so must we.
+        if this.inner.is_end_stream() {
+            this.guard.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        // Runs before the guard (a field) writes the record.
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.guard.ended = true;
+        }
+    }
+}
+
+impl<S> Service<Req> for Observe<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let ctx = match req.extensions().get::<Arc<RequestContext>>() {
+            Some(c) => c.clone(),
+            None => {
+                let c = RequestContext::new();
+                req.extensions_mut().insert(c.clone());
+                c
+            }
+        };
+        if let Some(id) = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            let _ = ctx.request_id.set(id.to_string());
+        }
+        if let Some(peer) = req.extensions().get::<PeerAddr>() {
+            let _ = ctx.client.set(peer.0);
+        }
+        self.layer.metrics.in_flight.inc();
+        let mut guard = Final {
+            audit: self.layer.audit.clone(),
+            metrics: self.layer.metrics.clone(),
+            ctx,
+            started: Instant::now(),
+            status: None,
+            bytes_out: 0,
+            ended: false,
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let resp = inner.call(req).await?;
+            guard.status = Some(resp.status().as_u16());
+            let project = guard.ctx.project.get().map(String::as_str).unwrap_or("-");
+            guard
+                .metrics
+                .duration
+                .with_label_values(&[project])
+                .observe(guard.started.elapsed().as_secs_f64());
+            let (parts, body) = resp.into_parts();
+            let body = Body::new(Observed { inner: body, guard });
+            Ok(Resp::from_parts(parts, body))
+        })
+    }
+}

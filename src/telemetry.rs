@@ -1,0 +1,145 @@
+//! Prometheus metrics: one registry built at start and injected (tests get their own).
+//! Every label comes from a bounded set: configured project names, REDCap's content
+//! whitelist, the gateway's actions, decisions and status classes; never user names.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream_duration: Histogram,
+    pub in_flight: IntGauge,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub rate_limited: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub jwks_refreshes: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub redis_errors: IntCounter,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    120.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("redcap_gateway_requests_total", "Requests handled, by project, REDCap content and action, decision and status class"),
+            &["project", "content", "action", "decision", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "redcap_gateway_request_duration_seconds",
+                "Time to the response head, by project",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["project"],
+        )?;
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "redcap_gateway_upstream_duration_seconds",
+                "Time REDCap took to start answering",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let in_flight = IntGauge::new(
+            "redcap_gateway_requests_in_flight",
+            "Requests being handled",
+        )?;
+        let bytes_in = IntCounter::new(
+            "redcap_gateway_request_bytes_total",
+            "Request body bytes received",
+        )?;
+        let bytes_out = IntCounter::new(
+            "redcap_gateway_response_bytes_total",
+            "Response body bytes sent",
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "redcap_gateway_rate_limited_total",
+                "Calls refused by a rate or concurrency limit",
+            ),
+            &["limit"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "redcap_gateway_auth_failures_total",
+                "Refused credentials, by reason",
+            ),
+            &["reason"],
+        )?;
+        let jwks_refreshes = IntCounterVec::new(
+            Opts::new(
+                "redcap_gateway_jwks_refreshes_total",
+                "JWKS fetches, by result",
+            ),
+            &["result"],
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "redcap_gateway_reloads_total",
+                "Token and key file reloads, by what and result",
+            ),
+            &["what", "result"],
+        )?;
+        let redis_errors = IntCounter::new(
+            "redcap_gateway_redis_errors_total",
+            "Rate-limit calls to Redis that failed",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(bytes_in.clone()))?;
+        registry.register(Box::new(bytes_out.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(jwks_refreshes.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(redis_errors.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_duration,
+            in_flight,
+            bytes_in,
+            bytes_out,
+            rate_limited,
+            auth_failures,
+            jwks_refreshes,
+            config_reloads,
+            redis_errors,
+        })
+    }
+
+    /// Registers collectors owned elsewhere (the audit writer's counters).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) {
+        let _ = self.registry.register(c);
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// `2xx`, `4xx`, ... for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
