@@ -5,6 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+
+// Many small, short-lived allocations per request: mimalloc handles them far better than
+// glibc's malloc (measured in docs/PERFORMANCE.md). Deployments set
+// MIMALLOC_PURGE_DELAY=0 and MIMALLOC_ARENA_EAGER_COMMIT=0 (read before main runs) so
+// freed memory goes back to the OS at once.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use redcap_gateway::config::{Config, LogFormat};
 use redcap_gateway::server::{self, Gateway};
 

@@ -62,6 +62,9 @@ enum Msg {
 /// A handle to the audit writer.
 pub struct Audit {
     tx: mpsc::Sender<Msg>,
+    /// The writer thread: woken at once for intents and flushes; final records wait for
+    /// its next round (at most `DRAIN_EVERY`), so requests never pay for a wake-up.
+    writer: std::thread::Thread,
     healthy: Arc<AtomicBool>,
     pub on_failure_reads: WhenAuditFails,
     pub writes_ok: prometheus::IntCounter,
@@ -213,12 +216,13 @@ impl Audit {
             ok: writes_ok.clone(),
             failed: writes_failed.clone(),
         };
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| e.to_string())?;
         Ok(Arc::new(Audit {
             tx,
+            writer: handle.thread().clone(),
             healthy,
             on_failure_reads: cfg.on_failure_reads,
             writes_ok,
@@ -244,6 +248,7 @@ impl Audit {
             })
             .await
             .map_err(|_| AuditUnavailable("the writer stopped".into()))?;
+        self.writer.unpark();
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(AuditUnavailable(e)),
@@ -261,6 +266,7 @@ impl Audit {
         match self.tx.try_send(msg) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(msg)) => {
+                self.writer.unpark();
                 let tx = self.tx.clone();
                 if let Ok(h) = tokio::runtime::Handle::try_current() {
                     h.spawn(async move {
@@ -307,16 +313,29 @@ struct Writer {
     failed: prometheus::IntCounter,
 }
 
+/// How long a final record may wait for the writer's next round.
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < 1024 {
+        loop {
+            while batch.len() < 4096 {
                 match rx.try_recv() {
                     Ok(m) => batch.push(m),
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        if batch.is_empty() {
+                            let _ = self.sink.flush(true);
+                            return;
+                        }
+                        break;
+                    }
                 }
+            }
+            if batch.is_empty() {
+                std::thread::park_timeout(DRAIN_EVERY);
+                continue;
             }
             let mut acks = Vec::new();
             let mut result: Result<(), String> = Ok(());
@@ -348,7 +367,6 @@ impl Writer {
                 let _ = a.send(result.clone());
             }
         }
-        let _ = self.sink.flush(true);
     }
 }
 

@@ -67,9 +67,14 @@ where
     }
 }
 
+/// At debug level: the audit log already records every request; this line is for
+/// following requests while debugging.
 fn log_line(ctx: &Arc<RequestContext>, status: u16, started: Instant) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let call = ctx.call.get();
-    tracing::info!(
+    tracing::debug!(
         status,
         ms = started.elapsed().as_secs_f64() * 1000.0,
         project = ctx.project.get().map(String::as_str).unwrap_or("-"),

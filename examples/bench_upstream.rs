@@ -1,0 +1,87 @@
+//! A fast stand-in for REDCap, for the benchmark only: answers any request with a fixed
+//! ~2 KB CSV export, or streams `bench_bytes=N` bytes when the body asks for it.
+//! Usage: bench_upstream ADDR [RESPONSE_BYTES]
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+fn csv(size: usize) -> Bytes {
+    let mut s = String::from("record_id,name,age,visit_date,score\n");
+    let mut i = 1;
+    while s.len() < size {
+        s.push_str(&format!(
+            "{i},Participant {i},{},2026-01-{:02},{}\n",
+            20 + i % 50,
+            1 + i % 28,
+            i * 7 % 100
+        ));
+        i += 1;
+    }
+    s.truncate(size);
+    Bytes::from(s)
+}
+
+fn requested_bytes(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    text.split('&')
+        .find_map(|kv| kv.strip_prefix("bench_bytes=")?.parse().ok())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:18700".into());
+    let size: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(2048);
+    let export = csv(size);
+    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let export = export.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let export = export.clone();
+                async move {
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let resp = match requested_bytes(&body) {
+                        Some(n) => {
+                            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                            let chunks = n.div_ceil(chunk.len() as u64);
+                            let stream = futures_util::stream::iter((0..chunks).map(move |i| {
+                                let left = n - i * chunk.len() as u64;
+                                Ok::<_, Infallible>(Frame::data(
+                                    chunk.slice(..(left.min(chunk.len() as u64) as usize)),
+                                ))
+                            }));
+                            hyper::Response::builder()
+                                .header("content-type", "text/csv; charset=utf-8")
+                                .header("content-length", n)
+                                .body(BodyExt::boxed(StreamBody::new(stream)))
+                        }
+                        None => hyper::Response::builder()
+                            .header("content-type", "text/csv; charset=utf-8")
+                            .body(BodyExt::boxed(Full::new(export))),
+                    };
+                    Ok::<_, Infallible>(resp.unwrap_or_else(|_| {
+                        hyper::Response::new(BodyExt::boxed(Full::new(Bytes::new())))
+                    }))
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
