@@ -37,6 +37,17 @@ impl RequestContext {
         Arc::new(Self::default())
     }
 
+    /// The request's context, created (and attached) on first use, so each layer works
+    /// alone as well as in the stack.
+    pub fn of<B>(req: &mut http::Request<B>) -> Arc<Self> {
+        if let Some(c) = req.extensions().get::<Arc<Self>>() {
+            return c.clone();
+        }
+        let c = Self::new();
+        req.extensions_mut().insert(c.clone());
+        c
+    }
+
     /// The format errors are answered in; JSON until the body says otherwise.
     pub fn error_format(&self) -> ReturnFormat {
         self.error_format

@@ -294,12 +294,7 @@ async fn upstream_unreachable_is_502() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let gw = TestGateway::start_with(|t| {
-        let start = t.find("url = \"").unwrap() + 7;
-        let end = start + t[start..].find('"').unwrap();
-        format!("{}http://{dead}{}", &t[..start], &t[end..])
-    })
-    .await;
+    let gw = TestGateway::start_with(set_first("url", format!("http://{dead}"))).await;
     let r = gw.post("content=record&returnFormat=csv").await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().starts_with("ERROR: "));
@@ -316,15 +311,10 @@ async fn upstream_timeout_is_504() {
             held.push(s);
         }
     });
-    let gw = TestGateway::start_with(|t| {
-        let start = t.find("url = \"").unwrap() + 7;
-        let end = start + t[start..].find('"').unwrap();
-        format!(
-            "{}http://{addr}\"\nrequest_timeout = \"300ms{}",
-            &t[..start],
-            &t[end..]
-        )
-    })
+    let gw = TestGateway::start_with(set_first(
+        "url",
+        format!("http://{addr}\"\nrequest_timeout = \"300ms"),
+    ))
     .await;
     let r = gw.post("content=record&returnFormat=json").await;
     assert_eq!(r.status, 504, "{}", r.text());
@@ -459,12 +449,7 @@ async fn large_responses_stream() {
             });
         }
     });
-    let gw = TestGateway::start_with(|t| {
-        let start = t.find("url = \"").unwrap() + 7;
-        let end = start + t[start..].find('"').unwrap();
-        format!("{}http://{addr}{}", &t[..start], &t[end..])
-    })
-    .await;
+    let gw = TestGateway::start_with(set_first("url", format!("http://{addr}"))).await;
     let r = gw.post("content=record&format=csv").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), 64 << 20);
@@ -488,12 +473,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
             });
         }
     });
-    let mut gw = TestGateway::start_with(|t| {
-        let start = t.find("url = \"").unwrap() + 7;
-        let end = start + t[start..].find('"').unwrap();
-        format!("{}http://{addr}{}", &t[..start], &t[end..])
-    })
-    .await;
+    let mut gw = TestGateway::start_with(set_first("url", format!("http://{addr}"))).await;
     let url = gw.api();
     let jwt = gw.jwt.clone();
     let inflight = tokio::spawn(async move {

@@ -52,16 +52,8 @@ async fn provider(port: u16, keys: &[&Path]) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("node starts");
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return child;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("oidc-provider did not start");
+    assert!(wait_for_port(port).await, "oidc-provider did not start");
+    child
 }
 
 async fn stop(mut c: Child) {

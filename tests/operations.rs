@@ -219,12 +219,7 @@ async fn audit_rotation_keeps_one_chain() {
 
 #[tokio::test]
 async fn a_failing_audit_sink_refuses_changes_and_serves_reads_when_configured() {
-    let gw = TestGateway::start_with(|t| {
-        let start = t.find("path = \"").unwrap() + 8;
-        let end = start + t[start..].find('"').unwrap();
-        format!("{}/dev/full{}", &t[..start], &t[end..])
-    })
-    .await;
+    let gw = TestGateway::start_with(set_first("path", "/dev/full".to_string())).await;
     let import = "content=userDagMapping&format=json&returnFormat=json&data=%5B%7B%22username%22%3A%22bob%22%2C%22redcap_data_access_group%22%3A%22site_a%22%7D%5D";
     let r = gw.post(import).await;
     assert_eq!(r.status, 503, "{}", r.text());
@@ -241,15 +236,10 @@ async fn a_failing_audit_sink_refuses_changes_and_serves_reads_when_configured()
         "not ready while the audit log fails"
     );
 
-    let gw = TestGateway::start_with(|t| {
-        let start = t.find("path = \"").unwrap() + 8;
-        let end = start + t[start..].find('"').unwrap();
-        format!(
-            "{}/dev/full\"\non_failure_reads = \"refuse{}",
-            &t[..start],
-            &t[end..]
-        )
-    })
+    let gw = TestGateway::start_with(set_first(
+        "path",
+        "/dev/full\"\non_failure_reads = \"refuse".to_string(),
+    ))
     .await;
     assert_eq!(gw.post(import).await.status, 503);
     let r = gw.post("content=record&format=json").await;
@@ -487,16 +477,8 @@ async fn redis() -> Option<Redis> {
         .unwrap();
     // Owned at once, so the server is stopped on every path.
     let server = Redis(server, port);
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Some(server);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("redis-server did not start");
+    assert!(wait_for_port(port).await, "redis-server did not start");
+    Some(server)
 }
 
 fn shared_limits(port: u16, extra: &str) -> impl FnOnce(String) -> String {

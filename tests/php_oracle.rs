@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -54,16 +53,8 @@ async fn start_php() -> Option<Php> {
     .stderr(Stdio::null());
     let child = cmd.spawn().expect("php starts");
     let php = Php { child, port };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Some(php);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("php -S did not start");
+    assert!(common::wait_for_port(port).await, "php -S did not start");
+    Some(php)
 }
 
 fn hex(b: &[u8]) -> String {

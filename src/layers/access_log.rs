@@ -44,8 +44,7 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let ctx = RequestContext::new();
-        req.extensions_mut().insert(ctx.clone());
+        let ctx = RequestContext::of(&mut req);
         let request_id = req
             .headers()
             .get("x-request-id")
@@ -53,8 +52,7 @@ where
             .unwrap_or("")
             .to_string();
         let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let started = Instant::now();
         Box::pin(
             async move {

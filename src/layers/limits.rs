@@ -58,8 +58,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let limits = self.limits.clone();
         Box::pin(async move {
             if limits.draining.load(Ordering::Relaxed) {

@@ -192,14 +192,7 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let ctx = match req.extensions().get::<Arc<RequestContext>>() {
-            Some(c) => c.clone(),
-            None => {
-                let c = RequestContext::new();
-                req.extensions_mut().insert(c.clone());
-                c
-            }
-        };
+        let ctx = RequestContext::of(&mut req);
         if let Some(id) = req
             .headers()
             .get("x-request-id")
@@ -220,8 +213,7 @@ where
             bytes_out: 0,
             ended: false,
         };
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         Box::pin(async move {
             let resp = inner.call(req).await?;
             guard.status = Some(resp.status().as_u16());

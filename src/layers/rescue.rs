@@ -4,7 +4,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -84,17 +83,8 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let ctx = req
-            .extensions()
-            .get::<Arc<RequestContext>>()
-            .cloned()
-            .unwrap_or_else(|| {
-                let c = RequestContext::new();
-                req.extensions_mut().insert(c.clone());
-                c
-            });
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let ctx = RequestContext::of(&mut req);
+        let mut inner = super::take_ready(&mut self.inner);
         Box::pin(async move {
             match inner.call(req).await {
                 Ok(resp) => Ok(resp),

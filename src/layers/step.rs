@@ -49,9 +49,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let step = self.step.clone();
-        // The clone that was polled ready is the one we call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         Box::pin(async move {
             let req = step.apply(req).await?;
             inner.call(req).await

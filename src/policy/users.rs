@@ -340,12 +340,19 @@ impl UserRules {
         }
     }
 
-    /// content=user import.
-    pub fn user_import(&self, rows: &[DataRow], now: u64) -> Outcome {
+    /// The shape every per-user rule shares: label each row, check its username and
+    /// fields, let `check` add the rule's own reasons and changes, list the users.
+    fn each_user_row(
+        &self,
+        rule: &'static str,
+        rows: &[DataRow],
+        known: &[&str],
+        mut check: impl FnMut(&DataRow, &str, &str, &mut Vec<String>, &mut Effect),
+    ) -> Outcome {
         let mut why = Vec::new();
         let mut effect = Effect::default();
         if rows.is_empty() {
-            why.push("the data holds no users".into());
+            why.push("the data holds no rows".into());
         }
         for (i, row) in rows.iter().enumerate() {
             let user = row.text("username").unwrap_or("").trim().to_string();
@@ -355,33 +362,30 @@ impl UserRules {
                 if user.is_empty() { "?" } else { &user }
             );
             self.check_username(&user, &mut why, &at);
-            self.check_unknown(row, USER_TEXT_FIELDS, &mut why, &at);
-            self.check_expiration(row, &mut why, &at, now);
-            if row
-                .text("data_access_group_id")
-                .is_some_and(|v| !v.trim().is_empty())
-            {
-                why.push(format!(
-                    "{at}: set data_access_group (a unique group name), not data_access_group_id"
-                ));
+            self.check_unknown(row, known, &mut why, &at);
+            check(row, &user, &at, &mut why, &mut effect);
+            effect.users.push(user);
+        }
+        Outcome {
+            rule,
+            reasons: why,
+            effect,
+        }
+    }
+
+    /// content=user import.
+    pub fn user_import(&self, rows: &[DataRow], now: u64) -> Outcome {
+        self.each_user_row("user_import", rows, USER_TEXT_FIELDS, |row, user, at, why, effect| {
+            self.check_expiration(row, why, at, now);
+            if row.text("data_access_group_id").is_some_and(|v| !v.trim().is_empty()) {
+                why.push(format!("{at}: set data_access_group (a unique group name), not data_access_group_id"));
             }
             if matches!(row.get("data_access_group"), Some(FieldValue::Forms(_))) {
                 why.push(format!("{at}: data_access_group must be text"));
             }
-            self.check_dag(
-                row.text("data_access_group").map(str::trim),
-                &mut why,
-                &at,
-                true,
-            );
-            self.check_rights(row, &mut why, &mut effect.changes, &at, &user);
-            effect.users.push(user);
-        }
-        Outcome {
-            rule: "user_import",
-            reasons: why,
-            effect,
-        }
+            self.check_dag(row.text("data_access_group").map(str::trim), why, at, true);
+            self.check_rights(row, why, &mut effect.changes, at, user);
+        })
     }
 
     /// content=userRole import: role definitions get the same ceilings.
@@ -419,78 +423,45 @@ impl UserRules {
 
     /// content=userDagMapping import.
     pub fn dag_mapping(&self, rows: &[DataRow]) -> Outcome {
-        let mut why = Vec::new();
-        let mut effect = Effect::default();
-        for (i, row) in rows.iter().enumerate() {
-            let user = row.text("username").unwrap_or("").trim().to_string();
-            let at = format!(
-                "row {} ({})",
-                i + 1,
-                if user.is_empty() { "?" } else { &user }
-            );
-            self.check_username(&user, &mut why, &at);
-            self.check_unknown(
-                row,
-                &["username", "redcap_data_access_group"],
-                &mut why,
-                &at,
-            );
-            let dag = row.text("redcap_data_access_group").map(str::trim);
-            self.check_dag(Some(dag.unwrap_or("")), &mut why, &at, true);
-            effect
-                .changes
-                .push(format!("{user}: data_access_group={}", dag.unwrap_or("")));
-            effect.users.push(user);
-        }
-        if rows.is_empty() {
-            why.push("the data holds no mappings".into());
-        }
-        Outcome {
-            rule: "user_dag_mapping",
-            reasons: why,
-            effect,
-        }
+        let known = ["username", "redcap_data_access_group"];
+        self.each_user_row(
+            "user_dag_mapping",
+            rows,
+            &known,
+            |row, user, at, why, effect| {
+                let dag = row
+                    .text("redcap_data_access_group")
+                    .map(str::trim)
+                    .unwrap_or("");
+                self.check_dag(Some(dag), why, at, true);
+                effect
+                    .changes
+                    .push(format!("{user}: data_access_group={dag}"));
+            },
+        )
     }
 
     /// content=userRoleMapping import (which can also move users between DAGs).
     pub fn role_mapping(&self, rows: &[DataRow]) -> Outcome {
-        let mut why = Vec::new();
-        let mut effect = Effect::default();
-        for (i, row) in rows.iter().enumerate() {
-            let user = row.text("username").unwrap_or("").trim().to_string();
-            let at = format!(
-                "row {} ({})",
-                i + 1,
-                if user.is_empty() { "?" } else { &user }
-            );
-            self.check_username(&user, &mut why, &at);
-            self.check_unknown(
-                row,
-                &["username", "unique_role_name", "data_access_group"],
-                &mut why,
-                &at,
-            );
-            let role = row.text("unique_role_name").unwrap_or("").trim();
-            if !role.is_empty() && !self.roles.iter().any(|r| r == "*" || r == role) {
-                why.push(format!("{at}: role {role} may not be assigned"));
-            }
-            effect.changes.push(format!("{user}: role={role}"));
-            if let Some(dag) = row.text("data_access_group").map(str::trim) {
-                self.check_dag(Some(dag), &mut why, &at, false);
-                effect
-                    .changes
-                    .push(format!("{user}: data_access_group={dag}"));
-            }
-            effect.users.push(user);
-        }
-        if rows.is_empty() {
-            why.push("the data holds no mappings".into());
-        }
-        Outcome {
-            rule: "user_role_mapping",
-            reasons: why,
-            effect,
-        }
+        let known = ["username", "unique_role_name", "data_access_group"];
+        self.each_user_row(
+            "user_role_mapping",
+            rows,
+            &known,
+            |row, user, at, why, effect| {
+                let role = row.text("unique_role_name").unwrap_or("").trim();
+                if !role.is_empty() && !self.roles.iter().any(|r| r == "*" || r == role) {
+                    why.push(format!("{at}: role {role} may not be assigned"));
+                }
+                effect.changes.push(format!("{user}: role={role}"));
+                if let Some(dag) = row.text("data_access_group").map(str::trim) {
+                    self.check_dag(Some(dag), why, at, false);
+                    effect
+                        .changes
+                        .push(format!("{user}: data_access_group={dag}"));
+                }
+            },
+        )
     }
 
     /// content=user&action=delete.

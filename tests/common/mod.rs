@@ -153,3 +153,28 @@ pub fn have(cmd: &str, probe: &[&str]) -> bool {
 pub fn arc<T>(t: T) -> Arc<T> {
     Arc::new(t)
 }
+
+/// A config edit that replaces the value of the first `key = "..."` (e.g. the upstream
+/// `url`, the audit `path`) with `value`, which may carry more TOML lines after a `"`.
+pub fn set_first(key: &str, value: String) -> impl FnOnce(String) -> String {
+    let needle = format!("{key} = \"");
+    move |t: String| {
+        let start = t.find(&needle).expect("key in config") + needle.len();
+        let end = start + t[start..].find('"').expect("closing quote");
+        format!("{}{value}{}", &t[..start], &t[end..])
+    }
+}
+
+/// Waits until something listens on 127.0.0.1:port (a server started by a test).
+pub async fn wait_for_port(port: u16) -> bool {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
