@@ -217,12 +217,74 @@ impl Gateway {
 
 /// Serves the gateway until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish within the configured grace period.
+///
+/// Thread per core: `server.workers` threads each run a current-thread runtime that
+/// accepts on the shared listening socket and serves its connections with its own copy of
+/// the stack and its own upstream pool, so a request is never handed between threads
+/// (what nginx's workers do). Shared state (policy, vault, audit, limits, metrics) is
+/// behind `Arc`s.
 pub async fn run(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let stack = crate::stack::build(&gateway);
+    let workers = gateway
+        .config
+        .server
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let listener = listener.into_std()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut done = Vec::new();
+    for i in 0..workers {
+        let l = listener.try_clone()?;
+        let g = gateway.clone();
+        let mut stopped = stopped.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+        std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|rt| {
+                        rt.block_on(serve_thread(l, g, async move {
+                            let _ = stopped.wait_for(|v| *v).await;
+                        }))
+                    });
+                let _ = tx.send(result);
+            })?;
+        done.push(rx);
+    }
+    drop(listener);
+    shutdown.await;
+    gateway.draining.store(true, Ordering::SeqCst);
+    let grace = gateway.config.server.shutdown_grace.0;
+    tracing::info!(grace_secs = grace.as_secs(), "draining in-flight requests");
+    let _ = stop.send(true);
+    let mut result = Ok(());
+    for rx in done {
+        if let Ok(Err(e)) = rx.await {
+            result = Err(e);
+        }
+    }
+    // Every record queued by the drained requests reaches the log before we return.
+    if let Err(e) = gateway.audit.flush().await {
+        tracing::error!(error = %e, "audit log not flushed at shutdown");
+    }
+    result
+}
+
+/// One serving thread: accept, serve, and on shutdown drain within the grace period.
+async fn serve_thread(
+    listener: std::net::TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let client = ClientHandle::new(&gateway.config.upstream.client_options())
+        .map_err(std::io::Error::other)?;
+    let stack = crate::stack::build_with_client(&gateway, client);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -266,16 +328,11 @@ pub async fn run(
         });
     }
     drop(listener);
-    gateway.draining.store(true, Ordering::SeqCst);
-    let grace = gateway.config.server.shutdown_grace.0;
-    tracing::info!(grace_secs = grace.as_secs(), "draining in-flight requests");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over; closing remaining connections"),
-    }
-    // Every record queued by the drained requests reaches the log before we return.
-    if let Err(e) = gateway.audit.flush().await {
-        tracing::error!(error = %e, "audit log not flushed at shutdown");
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(gateway.config.server.shutdown_grace.0) => {
+            tracing::warn!("grace period over; closing remaining connections");
+        }
     }
     Ok(())
 }

@@ -50,6 +50,7 @@ fn example_config_parses_and_validates() {
         "admin_listen",
         "shutdown_grace",
         "log_format",
+        "workers",
         "max_urlencoded_body",
         "max_multipart_body",
         "max_multipart_field",

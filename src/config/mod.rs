@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Dur,
     /// Log format: "text" or "json".
     pub log_format: LogFormat,
+    /// Serving threads, each with its own runtime and upstream connection pool, so a
+    /// request never crosses threads (default: one per core).
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             admin_listen: None,
             shutdown_grace: Dur(Duration::from_secs(30)),
             log_format: LogFormat::Text,
+            workers: None,
         }
     }
 }
@@ -538,6 +542,9 @@ impl Config {
             if let Err(e) = std::fs::metadata(ca) {
                 errs.push(format!("upstream.ca_file {}: {e}", ca.display()));
             }
+        }
+        if matches!(self.server.workers, Some(0) | Some(257..)) {
+            errs.push("server.workers must be between 1 and 256".into());
         }
         let l = &self.limits;
         if l.max_input_vars < 10 {
