@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 
 // Many small, short-lived allocations per request: mimalloc handles them far better than
 // glibc's malloc (measured in docs/PERFORMANCE.md). Deployments set
-// MIMALLOC_PURGE_DELAY=0 and MIMALLOC_ARENA_EAGER_COMMIT=0 (read before main runs) so
-// freed memory goes back to the OS at once.
+// MIMALLOC_PURGE_DELAY=1000 and MIMALLOC_ARENA_EAGER_COMMIT=0 (read before main runs) so
+// freed memory goes back to the OS within a second.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use redcap_gateway::config::{Config, LogFormat};
