@@ -114,7 +114,12 @@ impl Service<Req> for Forward {
                     if let Some(err) = find_cause::<crate::redcap::multipart::MultipartError>(&e) {
                         return Err(GatewayError::BadRequest(err.to_string()));
                     }
-                    tracing::warn!(error = %e, "upstream request failed");
+                    let id = ctx
+                        .as_ref()
+                        .and_then(|c| c.request_id.get())
+                        .map(String::as_str)
+                        .unwrap_or("-");
+                    tracing::warn!(request_id = id, error = %e, "upstream request failed");
                     return Err(GatewayError::UpstreamUnreachable);
                 }
                 Ok(Ok(r)) => r,

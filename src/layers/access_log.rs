@@ -51,7 +51,11 @@ where
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let span = tracing::info_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
+        // Debug level: at info, building and formatting a span per request cost ~6 µs
+        // (a sixth of the request's CPU); the lines that matter carry request_id instead.
+        // Debug level: at info, building and formatting a span per request cost ~6 µs
+        // (a sixth of the request's CPU); refusals and failures log request_id instead.
+        let span = tracing::debug_span!("request", id = %request_id, method = %req.method(), path = %req.uri().path());
         let mut inner = super::take_ready(&mut self.inner);
         let started = Instant::now();
         Box::pin(

@@ -94,12 +94,13 @@ where
                         _ => None,
                     };
                     let _ = ctx.error.set((err.kind(), reason));
+                    let id = ctx.request_id.get().map(String::as_str).unwrap_or("-");
                     match err.side() {
                         Side::Client => {
-                            tracing::info!(error = %err, kind = err.kind(), "request refused")
+                            tracing::info!(request_id = id, error = %err, kind = err.kind(), "request refused")
                         }
                         Side::Gateway | Side::Upstream => {
-                            tracing::warn!(error = %err, kind = err.kind(), "request failed")
+                            tracing::warn!(request_id = id, error = %err, kind = err.kind(), "request failed")
                         }
                     }
                     Ok(error_response(&err, ctx.error_format()))
