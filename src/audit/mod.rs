@@ -16,37 +16,38 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{AuditConfig, AuditSink, WhenAuditFails};
 use crate::secret::Secret;
 
-/// One audit record. Never a token, a JWT or record data.
+/// One audit record, borrowing from the request's context (no copies on the request
+/// path). Never a token, a JWT or record data.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Record {
+pub struct Record<'a> {
     pub time: String,
     /// "intent" (before a mutating call is forwarded) or "final".
     pub phase: &'static str,
-    pub request_id: String,
-    pub user: Option<String>,
-    pub groups: Vec<String>,
-    pub issuer: Option<String>,
+    pub request_id: &'a str,
+    pub user: Option<&'a str>,
+    pub groups: &'a [String],
+    pub issuer: Option<&'a str>,
     pub credential: Option<&'static str>,
-    pub project: Option<String>,
-    pub content: Option<String>,
-    pub action: Option<String>,
+    pub project: Option<&'a str>,
+    pub content: Option<&'a str>,
+    pub action: Option<&'a str>,
     pub format: Option<&'static str>,
     pub return_format: Option<&'static str>,
     /// allow, deny, or none (refused before a decision).
     pub decision: &'static str,
     pub rule: Option<&'static str>,
-    pub reasons: Vec<String>,
+    pub reasons: &'a [String],
     /// Users affected (deleted, imported, mapped).
-    pub users: Vec<String>,
+    pub users: &'a [String],
     /// Rights, DAGs and roles set: `user: field=value`.
-    pub changes: Vec<String>,
+    pub changes: &'a [String],
     pub status: Option<u16>,
     pub upstream_status: Option<u16>,
     pub error: Option<&'static str>,
     pub bytes_in: Option<u64>,
     pub bytes_out: Option<u64>,
     pub duration_ms: Option<f64>,
-    pub client: Option<String>,
+    pub client: Option<std::net::IpAddr>,
     /// False when the client went away before the response was complete.
     pub complete: bool,
 }
@@ -234,12 +235,12 @@ impl Audit {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    fn line(r: &Record) -> String {
+    fn line(r: &Record<'_>) -> String {
         serde_json::to_string(r).unwrap_or_else(|_| "{}".into())
     }
 
     /// Writes and flushes an intent record; only then may a mutating call be forwarded.
-    pub async fn intent(&self, r: &Record) -> Result<(), AuditUnavailable> {
+    pub async fn intent(&self, r: &Record<'_>) -> Result<(), AuditUnavailable> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Msg::Write {
@@ -258,7 +259,7 @@ impl Audit {
 
     /// Queues a final record. Never blocks and never drops: when the queue is full the
     /// record waits on a task (the queue is bounded; backpressure, not loss).
-    pub fn record(&self, r: &Record) {
+    pub fn record(&self, r: &Record<'_>) {
         let msg = Msg::Write {
             line: Self::line(r),
             ack: None,

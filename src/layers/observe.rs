@@ -48,22 +48,26 @@ pub struct Observe<S> {
     layer: ObserveLayer,
 }
 
-/// Builds an audit record from what the layers learned.
-pub fn record(ctx: &RequestContext, phase: &'static str) -> Record {
+/// Builds an audit record from what the layers learned (borrowed, not copied).
+pub fn record<'a>(ctx: &'a RequestContext, phase: &'static str) -> Record<'a> {
+    const NONE: &[String] = &[];
     let p = ctx.principal.get();
     let call = ctx.call.get();
     let d = ctx.decision.get();
+    let effect_users = d
+        .map(|d| d.effect.users.as_slice())
+        .filter(|u| !u.is_empty());
     Record {
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         phase,
-        request_id: ctx.request_id.get().cloned().unwrap_or_default(),
-        user: p.map(|p| p.user.clone()),
-        groups: p.map(|p| p.groups.clone()).unwrap_or_default(),
-        issuer: p.map(|p| p.issuer.clone()),
+        request_id: ctx.request_id.get().map_or("", String::as_str),
+        user: p.map(|p| p.user.as_str()),
+        groups: p.map_or(NONE, |p| p.groups.as_slice()),
+        issuer: p.map(|p| p.issuer.as_str()),
         credential: p.map(|p| p.credential.as_str()),
-        project: ctx.project.get().cloned(),
-        content: call.map(|c| c.content.clone()),
-        action: call.map(|c| c.action.clone()),
+        project: ctx.project.get().map(String::as_str),
+        content: call.map(|c| c.content.as_str()),
+        action: call.map(|c| c.action.as_str()),
         format: call.map(|c| c.format),
         return_format: call.map(|c| c.return_format),
         decision: match d {
@@ -72,17 +76,15 @@ pub fn record(ctx: &RequestContext, phase: &'static str) -> Record {
             None => "none",
         },
         rule: d.map(|d| d.rule),
-        reasons: d.map(|d| d.reasons.clone()).unwrap_or_default(),
-        users: d
-            .map(|d| d.effect.users.clone())
-            .filter(|u| !u.is_empty())
-            .or_else(|| call.map(|c| c.users.clone()))
-            .unwrap_or_default(),
-        changes: d.map(|d| d.effect.changes.clone()).unwrap_or_default(),
+        reasons: d.map_or(NONE, |d| d.reasons.as_slice()),
+        users: effect_users
+            .or_else(|| call.map(|c| c.users.as_slice()))
+            .unwrap_or(NONE),
+        changes: d.map_or(NONE, |d| d.effect.changes.as_slice()),
         error: ctx.error.get().map(|(k, _)| *k),
         bytes_in: ctx.bytes_in.get().copied(),
         upstream_status: ctx.upstream_status.get().copied(),
-        client: ctx.client.get().map(|a| a.ip().to_string()),
+        client: ctx.client.get().map(|a| a.ip()),
         ..Record::default()
     }
 }
@@ -118,9 +120,9 @@ impl Drop for Final {
         let status = self.status.map_or("none", status_class);
         m.requests
             .with_label_values(&[
-                r.project.as_deref().unwrap_or("-"),
-                r.content.as_deref().unwrap_or("-"),
-                r.action.as_deref().unwrap_or("-"),
+                r.project.unwrap_or("-"),
+                r.content.unwrap_or("-"),
+                r.action.unwrap_or("-"),
                 r.decision,
                 status,
             ])
