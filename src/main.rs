@@ -341,7 +341,7 @@ async fn serve(gateway: Arc<Gateway>) -> Result<(), Box<dyn std::error::Error>> 
     let (tx, rx) = tokio::sync::watch::channel(false);
     if let Some(admin) = cfg.admin_listen {
         let l = tokio::net::TcpListener::bind(admin).await?;
-        tracing::info!(addr = %admin, "admin listener (healthz, readyz)");
+        tracing::info!(addr = %admin, "admin listener (metrics, healthz, readyz)");
         let mut rx = rx.clone();
         tokio::spawn(server::run_admin(l, gateway.clone(), async move {
             let _ = rx.wait_for(|v| *v).await;

@@ -38,7 +38,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    /// Health and readiness endpoints live on their own listener.
+    /// /metrics, /healthz and /readyz live on their own listener.
     pub admin_listen: Option<SocketAddr>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
