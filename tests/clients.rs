@@ -4,20 +4,28 @@ mod common;
 
 use common::*;
 
-fn have_pycap() -> bool {
+/// Skips (or, in CI, fails) when a Python package check does not pass.
+fn have_python(check: &str, package: &str) -> bool {
     let ok = std::process::Command::new("python3")
-        .args(["-c", "import redcap, sys; sys.exit(0 if __import__('importlib.metadata').metadata.version('PyCap') == '2.7.0' else 1)"])
+        .args(["-c", check])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
         assert!(
             !required(),
-            "PyCap==2.7.0 is required in CI but is not installed"
+            "{package} is required in CI but is not installed"
         );
-        eprintln!("SKIPPED: PyCap 2.7.0 is not installed (pip install PyCap==2.7.0)");
+        eprintln!("SKIPPED: {package} is not installed (pip install {package})");
     }
     ok
+}
+
+fn have_pycap() -> bool {
+    have_python(
+        "import redcap, sys; sys.exit(0 if __import__('importlib.metadata').metadata.version('PyCap') == '2.7.0' else 1)",
+        "PyCap==2.7.0",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,17 +75,7 @@ async fn redcaplite_and_pycap_without_headers_use_personal_tokens() {
     if !have_pycap() {
         return;
     }
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import redcaplite"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        assert!(
-            !required(),
-            "redcaplite is required in CI but is not installed"
-        );
-        eprintln!("SKIPPED: redcaplite is not installed");
+    if !have_python("import redcaplite", "redcaplite") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
