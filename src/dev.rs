@@ -2,7 +2,7 @@
 //! REDCap, configured through the same config loader as production.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
@@ -276,6 +276,3 @@ pub fn banner(url: &str, jwt: &str, audit: &str) -> String {
          Ctrl-C stops it.\n",
     )
 }
-
-/// Waits this long at most for a dev request loop; used by tests.
-pub const DEV_WAIT: Duration = Duration::from_secs(10);

@@ -284,7 +284,7 @@ async fn serve_thread(
     let listener = TcpListener::from_std(listener)?;
     let client = ClientHandle::new(&gateway.config.upstream.client_options())
         .map_err(std::io::Error::other)?;
-    let stack = crate::stack::build_with_client(&gateway, client);
+    let stack = crate::stack::build(&gateway, client);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

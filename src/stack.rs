@@ -28,13 +28,9 @@ use crate::server::Gateway;
 
 pub type GatewayService = BoxCloneService<Req, Resp, Infallible>;
 
-pub fn build(g: &Gateway) -> GatewayService {
-    build_with_client(g, g.client.clone())
-}
-
-/// The stack with its own upstream client (each serving thread has its own pool, so a
-/// request's connection tasks stay on its thread).
-pub fn build_with_client(g: &Gateway, client: crate::http_client::ClientHandle) -> GatewayService {
+/// `client` is the serving thread's own upstream pool, so a request's connection tasks
+/// stay on its thread.
+pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> GatewayService {
     let svc = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -164,16 +164,6 @@ impl ProjectPolicy {
         })
     }
 
-    /// True when some grant names the caller (for self-service and explain).
-    pub fn names(&self, who: &Principal) -> bool {
-        self.grants.iter().any(|g| {
-            g.users.contains(&who.user)
-                || g.groups
-                    .iter()
-                    .any(|grp| who.groups.iter().any(|mine| mine == grp))
-        })
-    }
-
     /// Default deny: a grant naming the caller must allow the call; then calls that
     /// change users, roles or DAGs must pass the user rules, every row of them.
     pub fn decide(&self, who: &Principal, call: &RedcapCall, now: u64) -> Decision {
@@ -268,10 +258,6 @@ pub struct Policy {
 impl Policy {
     pub fn new(projects: HashMap<String, ProjectPolicy>) -> Self {
         Policy { projects }
-    }
-
-    pub fn project(&self, project: &str) -> Option<&ProjectPolicy> {
-        self.projects.get(project)
     }
 
     pub fn decide(&self, project: &str, who: &Principal, call: &RedcapCall) -> Decision {

@@ -2,7 +2,6 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -148,10 +147,6 @@ pub fn have(cmd: &str, probe: &[&str]) -> bool {
         eprintln!("SKIPPED: {cmd} is not installed (set CI=1 to make this a failure)");
     }
     ok
-}
-
-pub fn arc<T>(t: T) -> Arc<T> {
-    Arc::new(t)
 }
 
 /// A config edit that replaces the value of the first `key = "..."` (e.g. the upstream
