@@ -302,15 +302,12 @@ async fn upstream_unreachable_is_502() {
 
 #[tokio::test]
 async fn upstream_timeout_is_504() {
-    // An upstream that accepts and never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    // An upstream that reads the request and never answers (the connection stays open).
+    let addr = raw_upstream(|s| async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(s);
+    })
+    .await;
     let gw = TestGateway::start_with(set_first(
         "url",
         format!("http://{addr}\"\nrequest_timeout = \"300ms"),
@@ -428,27 +425,20 @@ async fn multipart_ambiguities_are_rejected() {
 #[tokio::test]
 async fn large_responses_stream() {
     // An upstream that answers 64 MiB in chunks.
-    let big = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = big.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = big.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let _ = s.read(&mut buf).await;
-                let total = 64usize << 20;
-                let _ = s
-                    .write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ncontent-length: {total}\r\n\r\n").as_bytes())
-                    .await;
-                let chunk = vec![b'a'; 1 << 20];
-                for _ in 0..64 {
-                    if s.write_all(&chunk).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    let addr = raw_upstream(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        let total = 64usize << 20;
+        let head =
+            format!("HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ncontent-length: {total}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes()).await;
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..64 {
+            if s.write_all(&chunk).await.is_err() {
+                return;
+            }
         }
-    });
+    })
+    .await;
     let gw = TestGateway::start_with(set_first("url", format!("http://{addr}"))).await;
     let r = gw.post("content=record&format=csv").await;
     assert_eq!(r.status, 200);
@@ -458,21 +448,14 @@ async fn large_responses_stream() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     // An upstream that answers after 500 ms.
-    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = slow.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        while let Ok((mut s, _)) = slow.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let _ = s.read(&mut buf).await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-            });
-        }
-    });
+    let addr = raw_upstream(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await;
     let mut gw = TestGateway::start_with(set_first("url", format!("http://{addr}"))).await;
     let url = gw.api();
     let jwt = gw.jwt.clone();

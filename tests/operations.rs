@@ -151,12 +151,14 @@ async fn verify_audit_names_the_first_broken_line() {
     }
     wait_for_finals(&gw, 5).await;
     let path = gw.env.dir.path().join("audit.log");
-    let bin = env!("CARGO_BIN_EXE_redcap-gateway");
-    let out = Command::new(bin)
-        .arg("verify-audit")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let verify = |file: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_redcap-gateway"))
+            .arg("verify-audit")
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&path);
     assert!(
         out.status.success(),
         "{}",
@@ -168,21 +170,13 @@ async fn verify_audit_names_the_first_broken_line() {
     lines[2] = lines[2].replace("\"dev-user\"", "\"someone-else\"");
     let tampered = gw.env.dir.path().join("tampered.log");
     std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(bin)
-        .arg("verify-audit")
-        .arg(&tampered)
-        .output()
-        .unwrap();
+    let out = verify(&tampered);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("tampered.log:3"), "{stdout}");
     lines.remove(1);
     std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
-    let out = Command::new(bin)
-        .arg("verify-audit")
-        .arg(&tampered)
-        .output()
-        .unwrap();
+    let out = verify(&tampered);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("tampered.log:2"),
         "a deleted line"

@@ -173,3 +173,27 @@ pub async fn wait_for_port(port: u16) -> bool {
     }
     false
 }
+
+/// A bare upstream on 127.0.0.1:0 for tests of the gateway's transport: for each
+/// connection it reads the request, then `answer` writes whatever reply the test needs.
+pub async fn raw_upstream<F, Fut>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                answer(s).await;
+            });
+        }
+    });
+    addr
+}
