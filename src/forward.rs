@@ -2,18 +2,16 @@
 //! with a query string) over the pooled client and streams REDCap's answer back.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HOST};
 use http::{Request, Uri};
-use tower::Service;
 
 use crate::body::boxed;
 use crate::error::GatewayError;
 use crate::http_client::ClientHandle;
+use crate::layers::step::Handler;
 use crate::layers::{Req, Resp, Result};
 
 const HOP_BY_HOP: &[&str] = &[
@@ -57,10 +55,13 @@ pub fn api_uri(base: &str) -> std::result::Result<Uri, String> {
         .map_err(|e| format!("upstream URL {full:?}: {e}"))
 }
 
-#[derive(Clone)]
-pub struct Forward {
+/// The innermost handler. Its state sits behind one `Arc`, so each request costs a single
+/// reference count here (a hyper client clone is several).
+pub struct Forward(Arc<ForwardState>);
+
+struct ForwardState {
     client: ClientHandle,
-    api: Arc<Uri>,
+    api: Uri,
     timeout: Duration,
     metrics: Arc<crate::telemetry::Metrics>,
 }
@@ -72,34 +73,26 @@ impl Forward {
         timeout: Duration,
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Self {
-        Forward {
+        Forward(Arc::new(ForwardState {
             client,
-            api: Arc::new(api),
+            api,
             timeout,
             metrics,
-        }
+        }))
     }
 }
 
-impl Service<Req> for Forward {
-    type Response = Resp;
-    type Error = GatewayError;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
+impl Handler for Forward {
+    fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + 'static {
+        let this = self.0.clone();
+        async move {
             let ctx = req
                 .extensions()
                 .get::<Arc<crate::context::RequestContext>>()
                 .cloned();
             let (parts, body) = req.into_parts();
             let started = std::time::Instant::now();
-            let mut out = Request::post((*this.api).clone())
+            let mut out = Request::post(this.api.clone())
                 .body(body)
                 .map_err(|_| GatewayError::UpstreamUnreachable)?;
             let mut headers = parts.headers;
@@ -136,7 +129,7 @@ impl Service<Req> for Forward {
                 parts,
                 boxed::<hyper::body::Incoming>(body),
             ))
-        })
+        }
     }
 }
 

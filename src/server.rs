@@ -49,6 +49,8 @@ pub struct Gateway {
     pub upstream_timeout: Duration,
     pub limits: Limits,
     pub draining: Arc<AtomicBool>,
+    /// Requests in flight across all serving threads (`limits.max_concurrent_requests`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
     pub limits_rt: Arc<RateLimits>,
@@ -177,6 +179,7 @@ impl Gateway {
                 body_timeout: l.body_timeout.0,
             },
         };
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent));
         Ok(Gateway {
             upstream_timeout: config.upstream.request_timeout.0,
             config,
@@ -188,6 +191,7 @@ impl Gateway {
             api,
             limits,
             draining: Arc::new(AtomicBool::new(false)),
+            in_flight,
             metrics,
             audit,
             limits_rt: Arc::new(limits_rt),

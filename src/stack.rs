@@ -22,6 +22,7 @@ use crate::layers::policy::Authorize;
 use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::Route;
+use crate::layers::step::PipelineLayer;
 use crate::layers::vault::Inject;
 use crate::layers::{Req, Resp};
 use crate::server::Gateway;
@@ -41,10 +42,8 @@ pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> GatewaySe
         .layer(AccessLogLayer)
         .layer(ObserveLayer::new(g.audit.clone(), g.metrics.clone()))
         .layer(RescueLayer)
-        .layer(LimitsLayer::new(
-            g.limits.max_concurrent,
-            g.draining.clone(),
-        ))
+        .layer(LimitsLayer::new(g.in_flight.clone(), g.draining.clone()))
+        .layer(PipelineLayer)
         .layer(Route::layer(g.project_names()))
         .layer(Authenticate::layer(g.jwt.clone(), g.personal.is_some()))
         .layer(Parse::layer(g.limits.parse))

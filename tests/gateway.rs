@@ -318,6 +318,56 @@ async fn upstream_timeout_is_504() {
     assert!(r.json()["error"].as_str().unwrap().contains("in time"));
 }
 
+#[tokio::test]
+async fn the_in_flight_cap_holds_across_serving_threads() {
+    // An upstream that holds every call for a second. Each serving thread builds its own
+    // stack; two such stacks share a cap of two requests in flight, so of six concurrent
+    // calls (three through each) exactly two are forwarded and four get 503 at once.
+    use redcap_gateway::http_client::ClientHandle;
+    use tower::ServiceExt;
+    let addr = raw_upstream(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await;
+    let gw = TestGateway::start_with(|t| {
+        set_first("url", format!("http://{addr}"))(t).replacen(
+            "[upstream]",
+            "[limits]\nmax_concurrent_requests = 2\n\n[upstream]",
+            1,
+        )
+    })
+    .await;
+    let g = gw.env.gateway.clone();
+    let stacks: Vec<_> = (0..2)
+        .map(|_| {
+            let client = ClientHandle::new(&g.config.upstream.client_options()).unwrap();
+            redcap_gateway::stack::build(&g, client)
+        })
+        .collect();
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let req = Request::post("/p/demo/api/")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("authorization", format!("Bearer {}", gw.jwt))
+                .body(redcap_gateway::body::full(
+                    "content=record&returnFormat=json",
+                ))
+                .unwrap();
+            tokio::spawn(stacks[i % 2].clone().oneshot(req))
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap().unwrap().status().as_u16());
+    }
+    statuses.sort();
+    assert_eq!(statuses, [200, 200, 503, 503, 503, 503]);
+}
+
 /// (name, filename, value) of one multipart part.
 type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
 

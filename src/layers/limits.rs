@@ -20,11 +20,9 @@ pub struct LimitsLayer {
 }
 
 impl LimitsLayer {
-    pub fn new(max_concurrent: usize, draining: Arc<AtomicBool>) -> Self {
-        LimitsLayer {
-            permits: Arc::new(Semaphore::new(max_concurrent)),
-            draining,
-        }
+    /// `permits` is shared by every serving thread's stack.
+    pub fn new(permits: Arc<Semaphore>, draining: Arc<AtomicBool>) -> Self {
+        LimitsLayer { permits, draining }
     }
 }
 
