@@ -19,7 +19,7 @@ pub struct CallSummary {
 #[derive(Debug, Default)]
 pub struct RequestContext {
     pub project: OnceLock<String>,
-    pub principal: OnceLock<Principal>,
+    pub principal: OnceLock<Arc<Principal>>,
     pub call: OnceLock<CallSummary>,
     error_format: Mutex<Option<ReturnFormat>>,
     /// The policy decision (rule, reasons, users and rights changed).

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let token = Secret::new("0123456789ABCDEF0123456789ABCDEF".into());
     let Ok(out) = rewrite_urlencoded(data, &form, &token, 1000) else { return };
     let again = parse_urlencoded(&out, PhpLimits::default()).expect("the rewrite parses");
-    assert_eq!(again.post.get_str("token"), Some(&PhpValue::Str(token.expose().as_bytes().to_vec())));
+    assert!(matches!(again.post.get_str("token"), Some(PhpValue::Str(v)) if v[..] == *token.expose().as_bytes()));
     for f in STRIPPED_FIELDS.iter().filter(|f| **f != "token") {
         assert!(again.post.get_str(f).is_none());
     }

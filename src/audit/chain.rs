@@ -21,7 +21,13 @@ const PREV_AT: usize = HASH_AT + 64 + MID.len();
 const BODY_AT: usize = PREV_AT + 64 + TAIL.len();
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(DIGITS[usize::from(x >> 4)] as char);
+        s.push(DIGITS[usize::from(x & 15)] as char);
+    }
+    s
 }
 
 pub fn link_hash(key: Option<&Secret>, prev: &str, body: &str) -> String {
@@ -122,6 +128,21 @@ pub fn verify(files: &[(String, String)], key: Option<&Secret>) -> Result<Verifi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_hashes_match_known_sha256_and_hmac_values() {
+        // Computed independently (Python hashlib/hmac) over GENESIS + "\n" + body.
+        let body = "\"n\":1}";
+        assert_eq!(
+            link_hash(None, GENESIS, body),
+            "1449533db5f648654c5addf35876fd3a4c6fc785685bcb6b44ab565fcc0313dd"
+        );
+        let key = Secret::new("k3y".into());
+        assert_eq!(
+            link_hash(Some(&key), GENESIS, body),
+            "d5652af67a964131511ff0c016b13c0c98517e314ac443cf5c25d2480b1735b4"
+        );
+    }
 
     fn chain(n: usize, key: Option<&Secret>) -> String {
         let mut prev = GENESIS.to_string();

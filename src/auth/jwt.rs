@@ -445,8 +445,11 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
 
 /// Verified tokens, so a token's signature is checked once, not on every call. Keyed
 /// by SHA-256 of the token (the token itself is never kept); entries end at `exp`.
+/// A verified token's principal and its `exp`.
+type Cached = (Arc<Principal>, u64);
+
 struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], (Principal, u64)>>,
+    entries: Mutex<HashMap<[u8; 32], Cached>>,
     capacity: usize,
 }
 
@@ -458,13 +461,13 @@ fn now_unix() -> u64 {
 }
 
 impl TokenCache {
-    fn get(&self, key: &[u8; 32]) -> Option<Principal> {
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<Principal>> {
         let map = self.entries.lock().ok()?;
         let (p, exp) = map.get(key)?;
         (*exp > now_unix()).then(|| p.clone())
     }
 
-    fn put(&self, key: [u8; 32], p: Principal, exp: u64) {
+    fn put(&self, key: [u8; 32], p: Arc<Principal>, exp: u64) {
         let Ok(mut map) = self.entries.lock() else {
             return;
         };
@@ -517,7 +520,7 @@ impl JwtVerifier {
         self.issuers.values()
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
@@ -530,6 +533,7 @@ impl JwtVerifier {
         let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
         self.verifications.fetch_add(1, Ordering::Relaxed);
         let (principal, exp) = issuer.verify(token, &header).await?;
+        let principal = Arc::new(principal);
         self.cache.put(key, principal.clone(), exp);
         Ok(principal)
     }

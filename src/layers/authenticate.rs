@@ -44,7 +44,7 @@ impl Authenticate {
     async fn principal(
         &self,
         headers: &http::HeaderMap,
-    ) -> std::result::Result<crate::auth::Principal, AuthError> {
+    ) -> std::result::Result<Arc<crate::auth::Principal>, AuthError> {
         let token = bearer_token(headers)?;
         self.jwt.verify(token).await
     }

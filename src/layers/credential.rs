@@ -36,7 +36,7 @@ impl Step for ResolveCredential {
             .get::<ProjectName>()
             .map(|p| p.0.to_string());
         if req.extensions().get::<AwaitingPersonalToken>().is_none() {
-            if req.extensions().get::<Principal>().is_none() {
+            if req.extensions().get::<Arc<Principal>>().is_none() {
                 return Err(GatewayError::Unauthenticated(AuthError::Missing));
             }
             if routed.is_none() {
@@ -60,6 +60,7 @@ impl Step for ResolveCredential {
             .as_deref()
             .ok_or(GatewayError::Unauthenticated(AuthError::Missing))?;
         let (principal, project) = personal.verify(presented, routed.as_deref())?;
+        let principal = Arc::new(principal);
         if let Some(ctx) = &ctx {
             let _ = ctx.principal.set(principal.clone());
             let _ = ctx.project.set(project.clone());

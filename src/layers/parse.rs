@@ -15,7 +15,7 @@ use crate::context::{CallSummary, RequestContext};
 use crate::error::GatewayError;
 use crate::redcap::call::sniff_return_format;
 use crate::redcap::multipart::{read_multipart, MultipartForm, MultipartLimits};
-use crate::redcap::php_form::{parse_urlencoded, ParsedForm, PhpLimits};
+use crate::redcap::php_form::{parse_urlencoded_shared, ParsedForm, PhpLimits};
 use crate::redcap::RedcapCall;
 
 /// The body as read: what the vault step re-serializes for REDCap.
@@ -110,7 +110,7 @@ impl Step for Parse {
             let _ = ctx.bytes_in.set(n);
         }
         let body = std::mem::take(req.body_mut());
-        let (form, parsed) = match kind {
+        let parsed = match kind {
             Kind::Urlencoded => {
                 let raw = tokio::time::timeout(l.body_timeout, collect_limited(body, max as usize))
                     .await
@@ -124,8 +124,8 @@ impl Step for Parse {
                 if let Some(ctx) = &ctx {
                     let _ = ctx.bytes_in.set(raw.len() as u64);
                 }
-                let form = parse_urlencoded(&raw, l.php)?;
-                (form.clone(), FormBody::Urlencoded { raw, form })
+                let form = parse_urlencoded_shared(&raw, l.php)?;
+                FormBody::Urlencoded { raw, form }
             }
             Kind::Multipart(boundary) => {
                 let limits = MultipartLimits {
@@ -138,13 +138,17 @@ impl Step for Parse {
                     tokio::time::timeout(l.body_timeout, read_multipart(stream, boundary, limits))
                         .await
                         .map_err(|_| GatewayError::BodyTimeout)??;
-                (mp.form.clone(), FormBody::Multipart(Box::new(mp)))
+                FormBody::Multipart(Box::new(mp))
             }
         };
+        let form = match &parsed {
+            FormBody::Urlencoded { form, .. } => form,
+            FormBody::Multipart(mp) => &mp.form,
+        };
         if let Some(ctx) = &ctx {
-            ctx.set_error_format(sniff_return_format(&form));
+            ctx.set_error_format(sniff_return_format(form));
         }
-        let call = RedcapCall::from_form(&form)?;
+        let call = RedcapCall::from_form(form)?;
         if let Some(ctx) = &ctx {
             ctx.set_error_format(call.return_format);
             let _ = ctx.call.set(CallSummary {

@@ -30,7 +30,10 @@ impl Step for Authorize {
         let missing =
             || GatewayError::Forbidden("the request was not authenticated and parsed".into());
         let project = req.extensions().get::<ProjectName>().ok_or_else(missing)?;
-        let who = req.extensions().get::<Principal>().ok_or_else(missing)?;
+        let who = req
+            .extensions()
+            .get::<Arc<Principal>>()
+            .ok_or_else(missing)?;
         let call = req
             .extensions()
             .get::<Arc<RedcapCall>>()

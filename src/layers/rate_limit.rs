@@ -48,7 +48,7 @@ impl<S: Handler> Handler for RateLimit<S> {
         async move {
             let user = req
                 .extensions()
-                .get::<Principal>()
+                .get::<Arc<Principal>>()
                 .map_or("", |p| p.user.as_str());
             let project = req.extensions().get::<ProjectName>().map_or("", |p| &*p.0);
             let mutating = req

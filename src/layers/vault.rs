@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, COOKIE};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 
 use super::parse::{FormBody, ParsedBody};
 use super::route::{ProjectName, PROJECT_HEADER};
@@ -26,23 +26,23 @@ use crate::vault::Vault;
 pub const STRIPPED_FIELDS: &[&str] = &["token", "mobile_app", "mobileApp", "uuid", "project_init"];
 
 /// Client headers never forwarded: credentials, and addresses REDCap would trust.
-pub const STRIPPED_HEADERS: &[&str] = &[
-    "authorization",
-    "cookie",
-    "client-ip",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-    "forwarded",
-    "true-client-ip",
-    "cf-connecting-ip",
-    PROJECT_HEADER,
+pub static STRIPPED_HEADERS: [HeaderName; 11] = [
+    http::header::AUTHORIZATION,
+    http::header::COOKIE,
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-real-ip"),
+    http::header::FORWARDED,
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static(PROJECT_HEADER),
 ];
 
 fn stripped(key: &Option<PhpKey>) -> bool {
     match key {
-        Some(PhpKey::Str(s)) => STRIPPED_FIELDS.iter().any(|f| f.as_bytes() == s.as_slice()),
+        Some(PhpKey::Str(s)) => STRIPPED_FIELDS.iter().any(|f| f.as_bytes() == &s[..]),
         _ => false,
     }
 }
@@ -164,30 +164,24 @@ impl Step for Inject {
                 let len = b.len() as u64;
                 (
                     full(b),
-                    "application/x-www-form-urlencoded".to_string(),
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
                     Some(len),
                 )
             }
             FormBody::Multipart(mp) => {
                 let (body, boundary, len) = rewrite_multipart(*mp, &token, self.max_input_vars)?;
-                (
-                    body,
-                    format!("multipart/form-data; boundary={boundary}"),
-                    len,
-                )
+                let content_type =
+                    HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
+                        .map_err(|_| GatewayError::BadRequest("bad content type".into()))?;
+                (body, content_type, len)
             }
         };
         let headers = req.headers_mut();
-        for h in STRIPPED_HEADERS {
-            headers.remove(*h);
+        for h in &STRIPPED_HEADERS {
+            headers.remove(h);
         }
-        headers.remove(COOKIE);
         headers.remove(CONTENT_LENGTH);
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_str(&content_type)
-                .map_err(|_| GatewayError::BadRequest("bad content type".into()))?,
-        );
+        headers.insert(CONTENT_TYPE, content_type);
         if let Some(len) = len {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
         }

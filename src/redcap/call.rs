@@ -129,7 +129,7 @@ fn scalar<'a>(form: &'a ParsedForm, name: &'static str) -> Result<Option<&'a [u8
         return Err(CallError::Duplicate(name));
     }
     Ok(match form.post.get_str(name) {
-        Some(PhpValue::Str(v)) => Some(v.as_slice()),
+        Some(PhpValue::Str(v)) => Some(&v[..]),
         _ => None,
     })
 }

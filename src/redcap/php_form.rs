@@ -5,13 +5,17 @@
 //! as PHP does: a policy decided on a different reading than REDCap's is a bypass.
 //! The differential test in `tests/php_oracle.rs` checks this against real PHP.
 
+use std::borrow::Cow;
 use std::fmt;
 
-/// A PHP array key: PHP turns canonical decimal strings into integer keys.
+use bytes::Bytes;
+
+/// A PHP array key: PHP turns canonical decimal strings into integer keys. Strings
+/// (keys and values) are `Bytes`, so what needs no decoding shares the request body.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PhpKey {
     Int(i64),
-    Str(Vec<u8>),
+    Str(Bytes),
 }
 
 impl PhpKey {
@@ -20,7 +24,30 @@ impl PhpKey {
     pub fn from_bytes(b: &[u8]) -> PhpKey {
         match numeric_key(b) {
             Some(i) => PhpKey::Int(i),
-            None => PhpKey::Str(b.to_vec()),
+            None => PhpKey::Str(Bytes::copy_from_slice(b)),
+        }
+    }
+
+    /// As `from_bytes`, sharing `b` instead of copying it.
+    pub fn from_shared(b: Bytes) -> PhpKey {
+        match numeric_key(&b) {
+            Some(i) => PhpKey::Int(i),
+            None => PhpKey::Str(b),
+        }
+    }
+
+    /// True when `name` is this key as PHP's symtable functions read it, without
+    /// building a key.
+    pub fn is(&self, name: &[u8]) -> bool {
+        self.is_probe(name, numeric_key(name))
+    }
+
+    /// `is`, with `numeric_key(name)` already worked out (for scans over many keys).
+    fn is_probe(&self, name: &[u8], numeric: Option<i64>) -> bool {
+        match (self, numeric) {
+            (PhpKey::Int(i), Some(n)) => *i == n,
+            (PhpKey::Str(s), None) => s[..] == *name,
+            _ => false,
         }
     }
 
@@ -46,7 +73,7 @@ fn numeric_key(b: &[u8]) -> Option<i64> {
 /// A value in `$_POST`: a string or an (ordered) array.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PhpValue {
-    Str(Vec<u8>),
+    Str(Bytes),
     Array(PhpArray),
 }
 
@@ -81,7 +108,12 @@ impl PhpArray {
 
     /// Looks a key up as PHP's symtable functions do (numeric strings become ints).
     pub fn get_str(&self, key: &str) -> Option<&PhpValue> {
-        self.get(&PhpKey::from_bytes(key.as_bytes()))
+        let key = key.as_bytes();
+        let numeric = numeric_key(key);
+        self.entries
+            .iter()
+            .find(|(k, _)| k.is_probe(key, numeric))
+            .map(|(_, v)| v)
     }
 
     fn position(&self, key: &PhpKey) -> Option<usize> {
@@ -198,10 +230,15 @@ pub struct ParsedForm {
 impl ParsedForm {
     /// How many segments write the top-level key `name`, and whether any is an array form.
     pub fn occurrences(&self, name: &str) -> (usize, bool) {
-        let key = PhpKey::from_bytes(name.as_bytes());
+        let name = name.as_bytes();
+        let numeric = numeric_key(name);
         self.segments
             .iter()
-            .filter(|s| s.top_key.as_ref() == Some(&key))
+            .filter(|s| {
+                s.top_key
+                    .as_ref()
+                    .is_some_and(|k| k.is_probe(name, numeric))
+            })
             .fold((0, false), |(n, arr), s| (n + 1, arr || s.is_array))
     }
 }
@@ -227,6 +264,19 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 
 /// `php_url_decode`: `+` is a space, `%XX` a byte, any other `%` stays as it is.
 pub fn url_decode(input: &[u8]) -> Vec<u8> {
+    url_decode_cow(input).into_owned()
+}
+
+/// `url_decode`, borrowing the input when it has nothing to decode (most names and
+/// values), so the parse allocates only what it keeps.
+pub fn url_decode_cow(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input.iter().any(|&b| b == b'+' || b == b'%') {
+        return Cow::Borrowed(input);
+    }
+    Cow::Owned(decode(input))
+}
+
+fn decode(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
@@ -254,8 +304,16 @@ pub fn url_decode(input: &[u8]) -> Vec<u8> {
 
 /// Parses a whole urlencoded body as PHP would, rejecting what PHP would truncate.
 pub fn parse_urlencoded(body: &[u8], limits: PhpLimits) -> Result<ParsedForm, FormError> {
+    parse_urlencoded_shared(&Bytes::copy_from_slice(body), limits)
+}
+
+/// `parse_urlencoded` on a body already in `Bytes`: names and values that need no
+/// decoding are slices of it, not copies.
+pub fn parse_urlencoded_shared(body: &Bytes, limits: PhpLimits) -> Result<ParsedForm, FormError> {
+    let pieces = body.iter().filter(|&&b| b == b'&').count() + 1;
     let mut post = PhpArray::new();
-    let mut segments = Vec::new();
+    post.entries.reserve(pieces.min(limits.max_input_vars));
+    let mut segments = Vec::with_capacity(pieces.min(limits.max_input_vars));
     for (start, end) in split_segments(body) {
         if segments.len() >= limits.max_input_vars {
             let count = split_segments(body).count();
@@ -269,10 +327,10 @@ pub fn parse_urlencoded(body: &[u8], limits: PhpLimits) -> Result<ParsedForm, Fo
             Some(i) => (&raw[..i], &raw[i + 1..]),
             None => (raw, &b""[..]),
         };
-        let name = url_decode(raw_name);
-        let value = url_decode(raw_value);
+        let name = shared(body, url_decode_cow(raw_name));
+        let value = shared(body, url_decode_cow(raw_value));
         let (top_key, is_array) =
-            register_variable(&mut post, &name, value, limits.max_input_nesting_level)?;
+            register_shared(&mut post, &name, value, limits.max_input_nesting_level)?;
         segments.push(Segment {
             start,
             end,
@@ -281,6 +339,15 @@ pub fn parse_urlencoded(body: &[u8], limits: PhpLimits) -> Result<ParsedForm, Fo
         });
     }
     Ok(ParsedForm { post, segments })
+}
+
+/// A decoded piece as `Bytes`: a slice of `body` when nothing was decoded.
+fn shared(body: &Bytes, piece: Cow<'_, [u8]>) -> Bytes {
+    match piece {
+        Cow::Borrowed([]) => Bytes::new(),
+        Cow::Borrowed(b) => body.slice_ref(b),
+        Cow::Owned(v) => Bytes::from(v),
+    }
 }
 
 /// The top-level key a raw (still percent-encoded) name writes, if any.
@@ -300,37 +367,59 @@ pub fn register_variable(
     value: Vec<u8>,
     max_nesting: usize,
 ) -> Result<(Option<PhpKey>, bool), FormError> {
+    register_shared(
+        post,
+        &Bytes::copy_from_slice(name),
+        Bytes::from(value),
+        max_nesting,
+    )
+}
+
+/// `register_variable` on shared bytes: keys that PHP takes as they are share `name`.
+pub fn register_shared(
+    post: &mut PhpArray,
+    shared_name: &Bytes,
+    value: Bytes,
+    max_nesting: usize,
+) -> Result<(Option<PhpKey>, bool), FormError> {
     // PHP treats names as C strings: a decoded NUL ends the name.
+    let name: &[u8] = shared_name;
     let name = match memchr(0, name) {
         Some(i) => &name[..i],
         None => name,
     };
-    let mut var: Vec<u8> = name.iter().copied().skip_while(|&b| b == b' ').collect();
+    let trimmed = &name[name.iter().take_while(|&&b| b == b' ').count()..];
 
-    // Spaces and dots become underscores up to the first `[`.
-    let mut bracket = None;
-    for (i, b) in var.iter_mut().enumerate() {
-        match *b {
-            b' ' | b'.' => *b = b'_',
-            b'[' => {
-                bracket = Some(i);
-                break;
+    // Spaces and dots become underscores up to the first `[` (copied only when needed).
+    let bracket = memchr(b'[', trimmed);
+    let base_len = bracket.unwrap_or(trimmed.len());
+    let var: Cow<'_, [u8]> = if trimmed[..base_len].iter().any(|&b| b == b' ' || b == b'.') {
+        let mut v = trimmed.to_vec();
+        for b in &mut v[..base_len] {
+            if *b == b' ' || *b == b'.' {
+                *b = b'_';
             }
-            _ => {}
         }
-    }
-    let base_len = bracket.unwrap_or(var.len());
+        Cow::Owned(v)
+    } else {
+        Cow::Borrowed(trimmed)
+    };
     if base_len == 0 {
         return Ok((None, false));
     }
+    // A key made of `var[a..b]`: shared with `name` unless `var` had to be rewritten.
+    let key_of = |a: usize, b: usize| match &var {
+        Cow::Borrowed(v) => PhpKey::from_shared(shared_name.slice_ref(&v[a..b])),
+        Cow::Owned(v) => PhpKey::from_bytes(&v[a..b]),
+    };
     let Some(first_bracket) = bracket else {
-        let key = PhpKey::from_bytes(&var);
+        let key = key_of(0, var.len());
         post.update(key.clone(), PhpValue::Str(value));
         return Ok((Some(key), false));
     };
 
-    // Walk the `[index]` groups. `ip` is the position of the current `[`.
-    let mut indices: Vec<Option<Vec<u8>>> = Vec::new();
+    // Walk the `[index]` groups (as ranges of `var`). `ip` is the position of the current `[`.
+    let mut indices: Vec<Option<(usize, usize)>> = Vec::new();
     let mut ip = first_bracket;
     let mut top_override: Option<Vec<u8>> = None;
     let mut nest_level = 0usize;
@@ -338,7 +427,7 @@ pub fn register_variable(
         nest_level += 1;
         if nest_level > max_nesting {
             // PHP deletes the whole top-level variable and drops this value.
-            let key = PhpKey::from_bytes(&var[..base_len]);
+            let key = key_of(0, base_len);
             post.remove(&key);
             return Err(FormError::TooDeep { limit: max_nesting });
         }
@@ -354,7 +443,7 @@ pub fn register_variable(
             match memchr(b']', &var[p..]) {
                 Some(off) => {
                     let close = p + off;
-                    indices.push(Some(var[index_s..close].to_vec()));
+                    indices.push(Some((index_s, close)));
                     ip = close;
                 }
                 None => {
@@ -387,7 +476,7 @@ pub fn register_variable(
         return Ok((Some(key), false));
     }
 
-    let top = PhpKey::from_bytes(&var[..base_len]);
+    let top = key_of(0, base_len);
     // All but the last index descend into (or create) arrays; the last one is assigned.
     let Some((last, path)) = indices.split_last() else {
         return Ok((Some(top), true));
@@ -396,7 +485,7 @@ pub fn register_variable(
         return Ok((Some(top), true));
     };
     for idx in path {
-        let key = idx.as_deref().map(PhpKey::from_bytes);
+        let key = idx.map(|(a, b)| key_of(a, b));
         match table.child_array(key) {
             Some(t) => table = t,
             None => return Ok((Some(top), true)),
@@ -406,8 +495,8 @@ pub fn register_variable(
         None => {
             table.push(PhpValue::Str(value));
         }
-        Some(k) => {
-            table.update(PhpKey::from_bytes(k), PhpValue::Str(value));
+        Some((a, b)) => {
+            table.update(key_of(*a, *b), PhpValue::Str(value));
         }
     }
     Ok((Some(top), true))
@@ -430,7 +519,7 @@ mod tests {
     }
 
     fn s(v: &str) -> PhpValue {
-        PhpValue::Str(v.as_bytes().to_vec())
+        PhpValue::Str(Bytes::copy_from_slice(v.as_bytes()))
     }
 
     #[test]
@@ -522,7 +611,7 @@ mod tests {
         for s in ["012", "-0", "+1", "1a", "", "-", "9223372036854775808"] {
             assert_eq!(
                 PhpKey::from_bytes(s.as_bytes()),
-                PhpKey::Str(s.as_bytes().to_vec())
+                PhpKey::Str(Bytes::copy_from_slice(s.as_bytes()))
             );
         }
     }
@@ -561,15 +650,15 @@ mod tests {
     fn top_level_names() {
         assert_eq!(
             top_level_name(b"%20token"),
-            Some(PhpKey::Str(b"token".to_vec()))
+            Some(PhpKey::Str(Bytes::from_static(b"token")))
         );
         assert_eq!(
             top_level_name(b"mobile.app"),
-            Some(PhpKey::Str(b"mobile_app".to_vec()))
+            Some(PhpKey::Str(Bytes::from_static(b"mobile_app")))
         );
         assert_eq!(
             top_level_name(b"token[x]"),
-            Some(PhpKey::Str(b"token".to_vec()))
+            Some(PhpKey::Str(Bytes::from_static(b"token")))
         );
         assert_eq!(top_level_name(b"[token]"), None);
     }
