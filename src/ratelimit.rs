@@ -35,7 +35,46 @@ type CheckFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Duration>> + Send 
 pub trait Limit: Send + Sync {
     /// Ok, or the time until `cost` units would conform.
     fn check<'a>(&'a self, key: &'a str, cost: u32) -> CheckFuture<'a>;
+
+    /// The same answer without waiting, where the limit can give one (in-process limits);
+    /// saves a boxed future per check on the hot path.
+    fn check_at_once(&self, _key: &str, _cost: u32) -> Option<Result<(), Duration>> {
+        None
+    }
 }
+
+/// Keys of in-process limits: a 64-bit hash of the key text under a per-process random
+/// seed (foldhash), so a check allocates nothing. Two keys share a bucket only on a
+/// hash collision, which a client cannot aim for without the seed.
+static KEY_SEED: std::sync::LazyLock<foldhash::quality::RandomState> =
+    std::sync::LazyLock::new(foldhash::quality::RandomState::default);
+
+fn key_hash(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    KEY_SEED.hash_one(key)
+}
+
+/// The keys are hashes already: the map uses them as they are.
+#[derive(Default, Clone, Copy)]
+pub struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in rather than panic.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap =
+    governor::state::keyed::DashMapStateStore<u64, std::hash::BuildHasherDefault<PreHashed>>;
 
 fn quota(r: &RateConfig, divide: u32) -> Quota {
     let limit = (r.limit / divide.max(1)).max(1);
@@ -49,12 +88,7 @@ fn quota(r: &RateConfig, divide: u32) -> Quota {
 
 /// governor's keyed GCRA, on any clock (tests pass a fake one).
 pub struct Local<C: Clock> {
-    limiter: RateLimiter<
-        String,
-        governor::state::keyed::DashMapStateStore<String>,
-        C,
-        governor::middleware::NoOpMiddleware<C::Instant>,
-    >,
+    limiter: RateLimiter<u64, KeyMap, C, governor::middleware::NoOpMiddleware<C::Instant>>,
     clock: C,
     burst: u32,
 }
@@ -66,7 +100,11 @@ where
     pub fn new(r: &RateConfig, divide: u32, clock: C) -> Local<C> {
         let q = quota(r, divide);
         Local {
-            limiter: RateLimiter::dashmap_with_clock(q, clock.clone()),
+            limiter: RateLimiter::dashmap_with_clock_and_hasher(
+                q,
+                clock.clone(),
+                Default::default(),
+            ),
             clock,
             burst: q.burst_size().get(),
         }
@@ -74,7 +112,7 @@ where
 
     pub fn check_now(&self, key: &str, cost: u32) -> Result<(), Duration> {
         let n = NonZeroU32::new(cost.clamp(1, self.burst)).unwrap_or(NonZeroU32::MIN);
-        match self.limiter.check_key_n(&key.to_string(), n) {
+        match self.limiter.check_key_n(&key_hash(key), n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
             Err(_) => Err(Duration::from_secs(1)),
@@ -94,6 +132,10 @@ where
     fn check<'a>(&'a self, key: &'a str, cost: u32) -> CheckFuture<'a> {
         let r = self.check_now(key, cost);
         Box::pin(async move { r })
+    }
+
+    fn check_at_once(&self, key: &str, cost: u32) -> Option<Result<(), Duration>> {
+        Some(self.check_now(key, cost))
     }
 }
 
@@ -316,14 +358,21 @@ impl RateLimits {
     /// Checks every limit for a call; on success the returned permit must be held until
     /// the call is done.
     pub async fn admit(&self, user: &str, project: &str, cost: u32) -> Result<Permit, Refusal> {
-        let up_key = format!("{user}\u{0}{project}");
+        let up_key = match &self.user_project {
+            Some(_) => format!("{user}\u{0}{project}"),
+            None => String::new(),
+        };
         for (name, limit, key) in [
             ("user", &self.user, user),
             ("project", &self.project, project),
             ("user_project", &self.user_project, up_key.as_str()),
         ] {
             if let Some(l) = limit {
-                l.check(key, cost).await.map_err(|w| self.refuse(name, w))?;
+                let verdict = match l.check_at_once(key, cost) {
+                    Some(v) => v,
+                    None => l.check(key, cost).await,
+                };
+                verdict.map_err(|w| self.refuse(name, w))?;
             }
         }
         let mut permit = Permit {
@@ -344,7 +393,11 @@ impl RateLimits {
         let deadline = Instant::now() + self.queue;
         if let Some(l) = &self.upstream {
             loop {
-                match l.check("all", cost).await {
+                let verdict = match l.check_at_once("all", cost) {
+                    Some(v) => v,
+                    None => l.check("all", cost).await,
+                };
+                match verdict {
                     Ok(()) => break,
                     Err(w) if w.is_zero() => return Err(Refusal::Unavailable),
                     Err(w) if Instant::now() + w <= deadline => tokio::time::sleep(w).await,
