@@ -259,7 +259,7 @@ pub fn split_segments(body: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ 
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+    memchr::memchr(needle, hay)
 }
 
 /// `php_url_decode`: `+` is a space, `%XX` a byte, any other `%` stays as it is.
@@ -270,7 +270,7 @@ pub fn url_decode(input: &[u8]) -> Vec<u8> {
 /// `url_decode`, borrowing the input when it has nothing to decode (most names and
 /// values), so the parse allocates only what it keeps.
 pub fn url_decode_cow(input: &[u8]) -> Cow<'_, [u8]> {
-    if !input.iter().any(|&b| b == b'+' || b == b'%') {
+    if memchr::memchr2(b'+', b'%', input).is_none() {
         return Cow::Borrowed(input);
     }
     Cow::Owned(decode(input))
@@ -310,7 +310,7 @@ pub fn parse_urlencoded(body: &[u8], limits: PhpLimits) -> Result<ParsedForm, Fo
 /// `parse_urlencoded` on a body already in `Bytes`: names and values that need no
 /// decoding are slices of it, not copies.
 pub fn parse_urlencoded_shared(body: &Bytes, limits: PhpLimits) -> Result<ParsedForm, FormError> {
-    let pieces = body.iter().filter(|&&b| b == b'&').count() + 1;
+    let pieces = memchr::memchr_iter(b'&', body).count() + 1;
     let mut post = PhpArray::new();
     post.entries.reserve(pieces.min(limits.max_input_vars));
     let mut segments = Vec::with_capacity(pieces.min(limits.max_input_vars));
