@@ -1,6 +1,8 @@
 //! The floor for the benchmark: a bare hyper reverse proxy built like the gateway's
 //! serving loop (one current-thread runtime per core, a pooled hyper client per thread),
-//! with no layers at all. Usage: bench_floor LISTEN UPSTREAM_URL
+//! with none of the gateway's layers. What it costs is what hyper and tokio cost; the
+//! gateway's distance from it is what its own work costs.
+//! Usage: bench_floor LISTEN UPSTREAM_URL
 
 use std::convert::Infallible;
 
@@ -18,7 +20,8 @@ fn main() {
     let upstream: hyper::Uri = args.next().expect("UPSTREAM_URL").parse().expect("url");
     let listener = std::net::TcpListener::bind(&listen).expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
-    let threads: Vec<_> = (0..2)
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads: Vec<_> = (0..cores)
         .map(|_| {
             let l = listener.try_clone().expect("clone");
             let upstream = upstream.clone();
