@@ -325,14 +325,7 @@ async fn the_in_flight_cap_holds_across_serving_threads() {
     // calls (three through each) exactly two are forwarded and four get 503 at once.
     use redcap_gateway::http_client::ClientHandle;
     use tower::ServiceExt;
-    let addr = raw_upstream(|mut s| async move {
-        use tokio::io::AsyncWriteExt;
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await;
-    })
-    .await;
+    let addr = slow_ok_upstream(Duration::from_millis(1000)).await;
     let gw = TestGateway::start_with(|t| {
         set_first("url", format!("http://{addr}"))(t).replacen(
             "[upstream]",
@@ -498,14 +491,7 @@ async fn large_responses_stream() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     // An upstream that answers after 500 ms.
-    let addr = raw_upstream(|mut s| async move {
-        use tokio::io::AsyncWriteExt;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .await;
-    })
-    .await;
+    let addr = slow_ok_upstream(Duration::from_millis(500)).await;
     let mut gw = TestGateway::start_with(set_first("url", format!("http://{addr}"))).await;
     let url = gw.api();
     let jwt = gw.jwt.clone();

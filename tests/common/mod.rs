@@ -197,3 +197,15 @@ where
     });
     addr
 }
+
+/// An upstream that answers every call `200 ok` after `delay` (in-flight and drain tests).
+pub async fn slow_ok_upstream(delay: std::time::Duration) -> std::net::SocketAddr {
+    raw_upstream(move |mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        tokio::time::sleep(delay).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await
+}
