@@ -17,36 +17,57 @@ use crate::config::{AuditConfig, AuditSink, WhenAuditFails};
 use crate::secret::Secret;
 
 /// One audit record, borrowing from the request's context (no copies on the request
-/// path). Never a token, a JWT or record data.
+/// path). Never a token, a JWT or record data. What is unknown or empty is left out of
+/// the line (shorter lines: less to hash, write and store).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Record<'a> {
     pub time: String,
     /// "intent" (before a mutating call is forwarded) or "final".
     pub phase: &'static str,
     pub request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub groups: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub project: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub return_format: Option<&'static str>,
     /// allow, deny, or none (refused before a decision).
     pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'static str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub reasons: &'a [String],
     /// Users affected (deleted, imported, mapped).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub users: &'a [String],
     /// Rights, DAGs and roles set: `user: field=value`.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub changes: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<std::net::IpAddr>,
     /// False when the client went away before the response was complete.
     pub complete: bool,
