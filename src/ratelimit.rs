@@ -43,6 +43,14 @@ pub trait Limit: Send + Sync {
     }
 }
 
+/// One check: answered at once where the limit can, else awaited.
+async fn check(l: &dyn Limit, key: &str, cost: u32) -> Result<(), Duration> {
+    match l.check_at_once(key, cost) {
+        Some(v) => v,
+        None => l.check(key, cost).await,
+    }
+}
+
 /// Keys of in-process limits: a 64-bit hash of the key text under a per-process random
 /// seed (foldhash), so a check allocates nothing. Two keys share a bucket only on a
 /// hash collision, which a client cannot aim for without the seed.
@@ -368,11 +376,9 @@ impl RateLimits {
             ("user_project", &self.user_project, up_key.as_str()),
         ] {
             if let Some(l) = limit {
-                let verdict = match l.check_at_once(key, cost) {
-                    Some(v) => v,
-                    None => l.check(key, cost).await,
-                };
-                verdict.map_err(|w| self.refuse(name, w))?;
+                check(l.as_ref(), key, cost)
+                    .await
+                    .map_err(|w| self.refuse(name, w))?;
             }
         }
         let mut permit = Permit {
@@ -393,11 +399,7 @@ impl RateLimits {
         let deadline = Instant::now() + self.queue;
         if let Some(l) = &self.upstream {
             loop {
-                let verdict = match l.check_at_once("all", cost) {
-                    Some(v) => v,
-                    None => l.check("all", cost).await,
-                };
-                match verdict {
+                match check(l.as_ref(), "all", cost).await {
                     Ok(()) => break,
                     Err(w) if w.is_zero() => return Err(Refusal::Unavailable),
                     Err(w) if Instant::now() + w <= deadline => tokio::time::sleep(w).await,

@@ -443,11 +443,11 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
     }
 }
 
-/// Verified tokens, so a token's signature is checked once, not on every call. Keyed
-/// by SHA-256 of the token (the token itself is never kept); entries end at `exp`.
 /// A verified token's principal and its `exp`.
 type Cached = (Arc<Principal>, u64);
 
+/// Verified tokens, so a token's signature is checked once, not on every call. Keyed
+/// by SHA-256 of the token (the token itself is never kept); entries end at `exp`.
 struct TokenCache {
     entries: Mutex<HashMap<[u8; 32], Cached>>,
     capacity: usize,

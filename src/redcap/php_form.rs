@@ -37,12 +37,7 @@ impl PhpKey {
     }
 
     /// True when `name` is this key as PHP's symtable functions read it, without
-    /// building a key.
-    pub fn is(&self, name: &[u8]) -> bool {
-        self.is_probe(name, numeric_key(name))
-    }
-
-    /// `is`, with `numeric_key(name)` already worked out (for scans over many keys).
+    /// building a key; `numeric` is `numeric_key(name)`, worked out once per scan.
     fn is_probe(&self, name: &[u8], numeric: Option<i64>) -> bool {
         match (self, numeric) {
             (PhpKey::Int(i), Some(n)) => *i == n,
