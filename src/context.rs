@@ -28,7 +28,7 @@ pub struct RequestContext {
     pub error: OnceLock<(&'static str, Option<&'static str>)>,
     pub upstream_status: OnceLock<u16>,
     pub request_id: OnceLock<String>,
-    pub client: OnceLock<std::net::SocketAddr>,
+    pub client: OnceLock<PeerAddr>,
     pub bytes_in: OnceLock<u64>,
 }
 
@@ -63,6 +63,15 @@ impl RequestContext {
     }
 }
 
-/// The peer's address, set by the server for each connection.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub std::net::SocketAddr);
+/// The peer's address, set by the server for each connection, with its IP as the
+/// `X-Forwarded-For` value sent upstream (formatted once per connection).
+#[derive(Debug, Clone)]
+pub struct PeerAddr(pub std::net::SocketAddr, pub http::HeaderValue);
+
+impl PeerAddr {
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        let ip = http::HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+        PeerAddr(addr, ip)
+    }
+}

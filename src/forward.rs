@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
 use http::{Request, Uri};
 
 use crate::body::boxed;
@@ -26,23 +26,27 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     http::header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including those named by `Connection`.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if h.contains_key(http::header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
-        }
-    }
-    for n in &HOP_BY_HOP {
+/// Removes every header whose name `doomed` picks, in one pass over the names present
+/// (a request has a handful; a `remove` per candidate name hashes each one).
+pub fn remove_headers(h: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let gone: Vec<HeaderName> = h.keys().filter(|n| doomed(n)).cloned().collect();
+    for n in gone {
         h.remove(n);
     }
+}
+
+/// Removes hop-by-hop headers, including those named by `Connection`, and `also`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, also: &[HeaderName]) {
+    let named: Vec<HeaderName> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    remove_headers(h, |n| {
+        HOP_BY_HOP.contains(n) || also.contains(n) || named.contains(n)
+    });
 }
 
 /// `{url}/api/`; a URL that already ends in `/api` or `/api/` is used as it is.
@@ -64,8 +68,24 @@ pub struct Forward(Arc<ForwardState>);
 struct ForwardState {
     client: ClientHandle,
     api: Uri,
+    /// The `Host` header for `api`, as the client would write it.
+    host: HeaderValue,
     timeout: Duration,
     metrics: Arc<crate::telemetry::Metrics>,
+}
+
+/// `host[:port]` of a URI, the port only when it is not the scheme's default.
+fn host_header(uri: &Uri) -> HeaderValue {
+    let host = uri.host().unwrap_or("");
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let text = match uri.port_u16() {
+        Some(p) if p != default_port => format!("{host}:{p}"),
+        _ => host.to_string(),
+    };
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 impl Forward {
@@ -77,6 +97,7 @@ impl Forward {
     ) -> Self {
         Forward(Arc::new(ForwardState {
             client,
+            host: host_header(&api),
             api,
             timeout,
             metrics,
@@ -98,9 +119,9 @@ impl Handler for Forward {
                 .body(body)
                 .map_err(|_| GatewayError::UpstreamUnreachable)?;
             let mut headers = parts.headers;
-            strip_hop_by_hop(&mut headers);
-            headers.remove(HOST);
-            headers.remove(http::header::EXPECT);
+            strip_hop_by_hop(&mut headers, &[http::header::EXPECT]);
+            // REDCap's host, set here once instead of formatted by the client per call.
+            headers.insert(HOST, this.host.clone());
             *out.headers_mut() = headers;
             let sent = tokio::time::timeout(this.timeout, this.client.inner.request(out)).await;
             let resp = match sent {
@@ -126,7 +147,7 @@ impl Handler for Forward {
                 let _ = ctx.upstream_status.set(resp.status().as_u16());
             }
             let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
+            strip_hop_by_hop(&mut parts.headers, &[]);
             Ok(Resp::from_parts(
                 parts,
                 boxed::<hyper::body::Incoming>(body),
@@ -180,8 +201,22 @@ mod tests {
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "5".parse().unwrap());
         h.insert("x-keep", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
+        h.insert("expect", "100-continue".parse().unwrap());
+        strip_hop_by_hop(&mut h, &[http::header::EXPECT]);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn host_headers() {
+        let host = |u: &str| host_header(&u.parse().unwrap());
+        assert_eq!(host("https://r.example.edu/api/"), "r.example.edu");
+        assert_eq!(host("https://r.example.edu:443/api/"), "r.example.edu");
+        assert_eq!(
+            host("https://r.example.edu:8443/api/"),
+            "r.example.edu:8443"
+        );
+        assert_eq!(host("http://127.0.0.1:8080/api/"), "127.0.0.1:8080");
+        assert_eq!(host("http://[::1]:80/api/"), "[::1]");
     }
 }

@@ -166,7 +166,7 @@ fn policy_command(cmd: PolicyCommand) -> Result<bool, String> {
         println!("data:      {} bytes", d.len());
     }
     println!("caller:    {} groups=[{}]", who.user, who.groups.join(", "));
-    let d = policy.decide(&who, &call, redcap_gateway::auth::personal::now_unix());
+    let d = policy.explain(&who, &call, redcap_gateway::auth::personal::now_unix());
     for t in &d.trace {
         println!("consulted: {t}");
     }

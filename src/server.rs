@@ -316,9 +316,10 @@ async fn serve_thread(
         };
         let _ = stream.set_nodelay(true);
         let stack = stack.clone();
+        let peer = PeerAddr::new(peer);
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let mut req = req.map(boxed);
-            req.extensions_mut().insert(PeerAddr(peer));
+            req.extensions_mut().insert(peer.clone());
             stack.clone().oneshot(req)
         });
         let conn = builder

@@ -54,7 +54,11 @@ pub fn link_hash(key: Option<&Secret>, prev: &str, body: &str) -> String {
 pub fn seal(key: Option<&Secret>, prev: &str, object: &str) -> (String, String) {
     let body = object.strip_prefix('{').unwrap_or(object);
     let hash = link_hash(key, prev, body);
-    (format!("{HEAD}{hash}{MID}{prev}{TAIL}{body}"), hash)
+    let mut line = String::with_capacity(BODY_AT + body.len());
+    for part in [HEAD, &hash, MID, prev, TAIL, body] {
+        line.push_str(part);
+    }
+    (line, hash)
 }
 
 /// The (hash, prev, body) of a line, if it has the sealed shape.

@@ -84,7 +84,7 @@ pub fn record<'a>(ctx: &'a RequestContext, phase: &'static str) -> Record<'a> {
         error: ctx.error.get().map(|(k, _)| *k),
         bytes_in: ctx.bytes_in.get().copied(),
         upstream_status: ctx.upstream_status.get().copied(),
-        client: ctx.client.get().map(|a| a.ip()),
+        client: ctx.client.get().and_then(|p| p.1.to_str().ok()),
         ..Record::default()
     }
 }
@@ -203,7 +203,7 @@ where
             let _ = ctx.request_id.set(id.to_string());
         }
         if let Some(peer) = req.extensions().get::<PeerAddr>() {
-            let _ = ctx.client.set(peer.0);
+            let _ = ctx.client.set(peer.clone());
         }
         self.layer.metrics.in_flight.inc();
         let mut guard = Final {

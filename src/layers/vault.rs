@@ -176,21 +176,21 @@ impl Step for Inject {
                 (body, content_type, len)
             }
         };
+        // Our own X-Forwarded-For, from the real peer.
+        let forwarded_for = req
+            .extensions()
+            .get::<crate::context::PeerAddr>()
+            .map(|p| p.1.clone());
         let headers = req.headers_mut();
-        for h in &STRIPPED_HEADERS {
-            headers.remove(h);
-        }
-        headers.remove(CONTENT_LENGTH);
+        crate::forward::remove_headers(headers, |h| {
+            h == CONTENT_LENGTH || STRIPPED_HEADERS.contains(h)
+        });
         headers.insert(CONTENT_TYPE, content_type);
         if let Some(len) = len {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
         }
-        // Our own X-Forwarded-For, from the real peer.
-        if let Some(peer) = req.extensions().get::<crate::context::PeerAddr>().copied() {
-            if let Ok(v) = HeaderValue::from_str(&peer.0.ip().to_string()) {
-                req.headers_mut()
-                    .insert(HeaderName::from_static("x-forwarded-for"), v);
-            }
+        if let Some(v) = forwarded_for {
+            headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
         *req.body_mut() = body;
         Ok(req)

@@ -104,8 +104,23 @@ pub struct Decision {
     pub reasons: Vec<String>,
     /// Users affected and rights/DAGs/roles set, for the audit log.
     pub effect: Effect,
-    /// Each rule consulted, for `policy explain`.
+    /// Each rule consulted; filled only by `ProjectPolicy::explain` (`policy explain`).
     pub trace: Vec<String>,
+}
+
+/// The trace of a decision, written only when asked for: on the request path it would
+/// cost two `format!`s per call that nobody reads.
+struct Trace {
+    on: bool,
+    lines: Vec<String>,
+}
+
+impl Trace {
+    fn push(&mut self, line: impl FnOnce() -> String) {
+        if self.on {
+            self.lines.push(line());
+        }
+    }
 }
 
 impl Decision {
@@ -167,8 +182,20 @@ impl ProjectPolicy {
     /// Default deny: a grant naming the caller must allow the call; then calls that
     /// change users, roles or DAGs must pass the user rules, every row of them.
     pub fn decide(&self, who: &Principal, call: &RedcapCall, now: u64) -> Decision {
+        self.decide_with(who, call, now, false)
+    }
+
+    /// `decide`, with the trace of each rule consulted.
+    pub fn explain(&self, who: &Principal, call: &RedcapCall, now: u64) -> Decision {
+        self.decide_with(who, call, now, true)
+    }
+
+    fn decide_with(&self, who: &Principal, call: &RedcapCall, now: u64, explain: bool) -> Decision {
         let perm = call.permission();
-        let mut trace = Vec::new();
+        let mut trace = Trace {
+            on: explain,
+            lines: Vec::new(),
+        };
         let applies = |g: &Grant| {
             g.users.contains(&who.user)
                 || g.groups
@@ -181,7 +208,7 @@ impl ProjectPolicy {
                 .any(|p| p.allows(&call.content, call.operation))
         });
         if !allowed {
-            trace.push(format!("grants: no grant for {} allows {perm}", who.user));
+            trace.push(|| format!("grants: no grant for {} allows {perm}", who.user));
             return Decision::deny(
                 "grants",
                 vec![format!(
@@ -189,10 +216,10 @@ impl ProjectPolicy {
                     who.user,
                     call.operation.as_str()
                 )],
-                trace,
+                trace.lines,
             );
         }
-        trace.push(format!("grants: {perm} allowed for {}", who.user));
+        trace.push(|| format!("grants: {perm} allowed for {}", who.user));
         let rows = || {
             let data = call.data.as_deref().unwrap_or(b"");
             user_data::parse(call.format.as_str(), data)
@@ -201,22 +228,34 @@ impl ProjectPolicy {
             ("user", Operation::Delete) => self.users.user_delete(&call.users),
             ("user", Operation::Import) => match rows() {
                 Ok(r) => self.users.user_import(&r, now),
-                Err(e) => return Decision::deny("user_import", vec![format!("data: {e}")], trace),
+                Err(e) => {
+                    return Decision::deny("user_import", vec![format!("data: {e}")], trace.lines)
+                }
             },
             ("userRole", Operation::Import) => match rows() {
                 Ok(r) => self.users.role_import(&r),
-                Err(e) => return Decision::deny("user_role", vec![format!("data: {e}")], trace),
+                Err(e) => {
+                    return Decision::deny("user_role", vec![format!("data: {e}")], trace.lines)
+                }
             },
             ("userRoleMapping", Operation::Import) => match rows() {
                 Ok(r) => self.users.role_mapping(&r),
                 Err(e) => {
-                    return Decision::deny("user_role_mapping", vec![format!("data: {e}")], trace)
+                    return Decision::deny(
+                        "user_role_mapping",
+                        vec![format!("data: {e}")],
+                        trace.lines,
+                    )
                 }
             },
             ("userDagMapping", Operation::Import) => match rows() {
                 Ok(r) => self.users.dag_mapping(&r),
                 Err(e) => {
-                    return Decision::deny("user_dag_mapping", vec![format!("data: {e}")], trace)
+                    return Decision::deny(
+                        "user_dag_mapping",
+                        vec![format!("data: {e}")],
+                        trace.lines,
+                    )
                 }
             },
             _ => {
@@ -225,26 +264,28 @@ impl ProjectPolicy {
                     rule: "grants",
                     reasons: Vec::new(),
                     effect: Effect::default(),
-                    trace,
+                    trace: trace.lines,
                 }
             }
         };
-        trace.push(format!(
-            "{}: {} row(s) checked, {}",
-            outcome.rule,
-            outcome.effect.users.len(),
-            if outcome.reasons.is_empty() {
-                "all pass".to_string()
-            } else {
-                format!("{} problem(s)", outcome.reasons.len())
-            }
-        ));
+        trace.push(|| {
+            format!(
+                "{}: {} row(s) checked, {}",
+                outcome.rule,
+                outcome.effect.users.len(),
+                if outcome.reasons.is_empty() {
+                    "all pass".to_string()
+                } else {
+                    format!("{} problem(s)", outcome.reasons.len())
+                }
+            )
+        });
         Decision {
             allowed: outcome.reasons.is_empty(),
             rule: outcome.rule,
             reasons: outcome.reasons,
             effect: outcome.effect,
-            trace,
+            trace: trace.lines,
         }
     }
 }
