@@ -5,6 +5,8 @@
 pub mod chain;
 mod line;
 
+pub use line::rfc3339_millis;
+
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

@@ -58,7 +58,7 @@ pub fn record<'a>(ctx: &'a RequestContext, phase: &'static str) -> Record<'a> {
         .map(|d| d.effect.users.as_slice())
         .filter(|u| !u.is_empty());
     Record {
-        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        time: crate::audit::rfc3339_millis(std::time::SystemTime::now()),
         phase,
         request_id: ctx.request_id.get().map_or("", String::as_str),
         user: p.map(|p| p.user.as_str()),

@@ -2,6 +2,7 @@
 
 use super::error_body::ReturnFormat;
 use super::php_form::{ParsedForm, PhpArray, PhpValue};
+use bytes::Bytes;
 
 /// REDCap's `content` whitelist (API/index.php). Anything else is rejected upstream.
 pub const CONTENTS: &[&str] = &[
@@ -90,14 +91,15 @@ pub struct RedcapCall {
     pub operation: Operation,
     pub format: ReturnFormat,
     pub return_format: ReturnFormat,
-    /// Raw `data` parameter (records or users); borrowed by policy, never logged.
-    pub data: Option<Vec<u8>>,
+    /// Raw `data` parameter (records or users), shared with the parsed body (not a
+    /// copy); read by policy, never logged.
+    pub data: Option<Bytes>,
     /// `users[...]` values for `content=user&action=delete`, in PHP's order.
     pub users: Vec<String>,
     /// True when the client put a `token` field in the body.
     pub has_token_field: bool,
     /// The token field's value (a placeholder or a personal token); never logged.
-    pub token_field: Option<Vec<u8>>,
+    pub token_field: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,7 +122,7 @@ pub enum CallError {
     UsersNested,
 }
 
-fn scalar<'a>(form: &'a ParsedForm, name: &'static str) -> Result<Option<&'a [u8]>, CallError> {
+fn scalar<'a>(form: &'a ParsedForm, name: &'static str) -> Result<Option<&'a Bytes>, CallError> {
     let (count, any_array) = form.occurrences(name);
     if any_array {
         return Err(CallError::ArrayForm(name));
@@ -129,7 +131,7 @@ fn scalar<'a>(form: &'a ParsedForm, name: &'static str) -> Result<Option<&'a [u8
         return Err(CallError::Duplicate(name));
     }
     Ok(match form.post.get_str(name) {
-        Some(PhpValue::Str(v)) => Some(&v[..]),
+        Some(PhpValue::Str(v)) => Some(v),
         _ => None,
     })
 }
@@ -141,11 +143,11 @@ fn utf8(v: &[u8], name: &'static str) -> Result<String, CallError> {
 /// The error format for a body, read leniently (used for errors before a full parse).
 pub fn sniff_return_format(form: &ParsedForm) -> ReturnFormat {
     let get = |n: &str| match form.post.get_str(n) {
-        Some(PhpValue::Str(v)) => Some(v.clone()),
+        Some(PhpValue::Str(v)) => Some(v),
         _ => None,
     };
     match get("returnFormat").or_else(|| get("format")) {
-        Some(v) => ReturnFormat::from_param(&v),
+        Some(v) => ReturnFormat::from_param(v),
         None => ReturnFormat::Xml,
     }
 }
@@ -154,14 +156,14 @@ impl RedcapCall {
     /// Builds the call from `$_POST`, rejecting every ambiguous form of a deciding field.
     pub fn from_form(form: &ParsedForm) -> Result<RedcapCall, CallError> {
         // Check every deciding parameter for duplicates/arrays before anything else.
-        let mut values: [Option<&[u8]>; 6] = [None; 6];
+        let mut values: [Option<&Bytes>; 6] = [None; 6];
         for (slot, name) in values.iter_mut().zip(DECIDING_PARAMS) {
             *slot = scalar(form, name)?;
         }
         let [token, content, action, format, return_format, data] = values;
 
-        let format = format.map_or(ReturnFormat::Xml, ReturnFormat::from_param);
-        let return_format = return_format.map_or(format, ReturnFormat::from_param);
+        let format = format.map_or(ReturnFormat::Xml, |v| ReturnFormat::from_param(v));
+        let return_format = return_format.map_or(format, |v| ReturnFormat::from_param(v));
         let content = utf8(content.ok_or(CallError::MissingContent)?, "content")?;
         if !CONTENTS.contains(&content.as_str()) {
             return Err(CallError::UnknownContent);
@@ -179,10 +181,10 @@ impl RedcapCall {
             operation,
             format,
             return_format,
-            data: data.map(<[u8]>::to_vec),
+            data: data.cloned(),
             users,
             has_token_field: token.is_some(),
-            token_field: token.map(<[u8]>::to_vec),
+            token_field: token.cloned(),
         })
     }
 
@@ -394,7 +396,7 @@ mod tests {
         );
         assert_eq!(
             call("content=user&data=1&data.=2").ok().map(|c| c.data),
-            Some(Some(b"1".to_vec()))
+            Some(Some(Bytes::from_static(b"1")))
         );
         assert_eq!(
             call("content=record&token=a&token%00x=b").err(),

@@ -253,6 +253,9 @@ pub fn split_segments(body: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ 
     })
 }
 
+/// Below this length a plain loop beats memchr2's dispatch (most names and values).
+const SHORT: usize = 32;
+
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     memchr::memchr(needle, hay)
 }
@@ -265,7 +268,12 @@ pub fn url_decode(input: &[u8]) -> Vec<u8> {
 /// `url_decode`, borrowing the input when it has nothing to decode (most names and
 /// values), so the parse allocates only what it keeps.
 pub fn url_decode_cow(input: &[u8]) -> Cow<'_, [u8]> {
-    if memchr::memchr2(b'+', b'%', input).is_none() {
+    let plain = if input.len() < SHORT {
+        !input.iter().any(|&b| b == b'+' || b == b'%')
+    } else {
+        memchr::memchr2(b'+', b'%', input).is_none()
+    };
+    if plain {
         return Cow::Borrowed(input);
     }
     Cow::Owned(decode(input))
@@ -322,10 +330,22 @@ pub fn parse_urlencoded_shared(body: &Bytes, limits: PhpLimits) -> Result<Parsed
             Some(i) => (&raw[..i], &raw[i + 1..]),
             None => (raw, &b""[..]),
         };
-        let name = shared(body, url_decode_cow(raw_name));
         let value = shared(body, url_decode_cow(raw_value));
-        let (top_key, is_array) =
-            register_shared(&mut post, &name, value, limits.max_input_nesting_level)?;
+        let (top_key, is_array) = if is_plain_name(raw_name) {
+            // Nothing to decode, trim, rewrite or index: PHP takes the name as it is.
+            let key = PhpKey::from_shared(share(body, raw_name));
+            post.update(key.clone(), PhpValue::Str(value));
+            (Some(key), false)
+        } else {
+            let name = url_decode_cow(raw_name);
+            register_in(
+                &mut post,
+                body,
+                &name,
+                value,
+                limits.max_input_nesting_level,
+            )?
+        };
         segments.push(Segment {
             start,
             end,
@@ -336,12 +356,34 @@ pub fn parse_urlencoded_shared(body: &Bytes, limits: PhpLimits) -> Result<Parsed
     Ok(ParsedForm { post, segments })
 }
 
+/// A non-empty name of ASCII letters, digits, `_` and `-` only (nearly every name a
+/// client sends): no `+`, `%`, space, dot, bracket or NUL for PHP to act on.
+fn is_plain_name(raw: &[u8]) -> bool {
+    !raw.is_empty()
+        && raw
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// A decoded piece as `Bytes`: a slice of `body` when nothing was decoded.
 fn shared(body: &Bytes, piece: Cow<'_, [u8]>) -> Bytes {
     match piece {
-        Cow::Borrowed([]) => Bytes::new(),
-        Cow::Borrowed(b) => body.slice_ref(b),
+        Cow::Borrowed(b) => share(body, b),
         Cow::Owned(v) => Bytes::from(v),
+    }
+}
+
+/// `part` as `Bytes`: a slice of `owner` when it lies inside it, else a copy.
+fn share(owner: &Bytes, part: &[u8]) -> Bytes {
+    if part.is_empty() {
+        return Bytes::new();
+    }
+    let base = owner.as_ptr() as usize;
+    let at = part.as_ptr() as usize;
+    if at >= base && at + part.len() <= base + owner.len() {
+        owner.slice(at - base..at - base + part.len())
+    } else {
+        Bytes::copy_from_slice(part)
     }
 }
 
@@ -362,23 +404,19 @@ pub fn register_variable(
     value: Vec<u8>,
     max_nesting: usize,
 ) -> Result<(Option<PhpKey>, bool), FormError> {
-    register_shared(
-        post,
-        &Bytes::copy_from_slice(name),
-        Bytes::from(value),
-        max_nesting,
-    )
+    register_in(post, &Bytes::new(), name, Bytes::from(value), max_nesting)
 }
 
-/// `register_variable` on shared bytes: keys that PHP takes as they are share `name`.
-pub fn register_shared(
+/// `register_variable` with keys shared from `owner` where `name` lies inside it (a
+/// name that needed no decoding is a slice of the body); other keys are copied.
+fn register_in(
     post: &mut PhpArray,
-    shared_name: &Bytes,
+    owner: &Bytes,
+    name: &[u8],
     value: Bytes,
     max_nesting: usize,
 ) -> Result<(Option<PhpKey>, bool), FormError> {
     // PHP treats names as C strings: a decoded NUL ends the name.
-    let name: &[u8] = shared_name;
     let name = match memchr(0, name) {
         Some(i) => &name[..i],
         None => name,
@@ -404,7 +442,7 @@ pub fn register_shared(
     }
     // A key made of `var[a..b]`: shared with `name` unless `var` had to be rewritten.
     let key_of = |a: usize, b: usize| match &var {
-        Cow::Borrowed(v) => PhpKey::from_shared(shared_name.slice_ref(&v[a..b])),
+        Cow::Borrowed(v) => PhpKey::from_shared(share(owner, &v[a..b])),
         Cow::Owned(v) => PhpKey::from_bytes(&v[a..b]),
     };
     let Some(first_bracket) = bracket else {
