@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, HOST};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 use http::{Request, Uri};
 
 use crate::body::boxed;
@@ -14,17 +14,21 @@ use crate::http_client::ClientHandle;
 use crate::layers::step::Handler;
 use crate::layers::{Req, Resp, Result};
 
-static HOP_BY_HOP: [HeaderName; 9] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::TRANSFER_ENCODING,
-    http::header::UPGRADE,
-];
+/// Hop-by-hop headers (RFC 9110 7.6.1, and the old `keep-alive`/`proxy-connection`).
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    matches!(
+        n.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// Removes every header whose name `doomed` picks, in one pass over the names present
 /// (a request has a handful; a `remove` per candidate name hashes each one).
@@ -38,14 +42,14 @@ pub fn remove_headers(h: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
 /// Removes hop-by-hop headers, including those named by `Connection`, and `also`.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, also: &[HeaderName]) {
     let named: Vec<HeaderName> = h
-        .get_all(http::header::CONNECTION)
+        .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
     remove_headers(h, |n| {
-        HOP_BY_HOP.contains(n) || also.contains(n) || named.contains(n)
+        is_hop_by_hop(n) || also.contains(n) || named.contains(n)
     });
 }
 

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use http::header::{AUTHORIZATION, COOKIE};
 use tower::util::BoxCloneService;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::forward::Forward;
@@ -20,6 +20,7 @@ use crate::layers::observe::ObserveLayer;
 use crate::layers::parse::Parse;
 use crate::layers::policy::Authorize;
 use crate::layers::rate_limit::RateLimitLayer;
+use crate::layers::request_id::MakeUuid;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::Route;
 use crate::layers::step::PipelineLayer;
@@ -33,7 +34,7 @@ pub type GatewayService = BoxCloneService<Req, Resp, Infallible>;
 /// stay on its thread.
 pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> GatewayService {
     let svc = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(MakeUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetSensitiveRequestHeadersLayer::new([
             AUTHORIZATION,

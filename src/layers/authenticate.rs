@@ -60,7 +60,12 @@ fn bearer_token(headers: &http::HeaderMap) -> std::result::Result<&str, AuthErro
             AuthError::Missing
         });
     };
-    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    // `HeaderValue::to_str` checks a ~1 KB JWT a byte at a time; `is_ascii` a word at
+    // a time. Control characters never get this far (hyper refuses them).
+    let value = std::str::from_utf8(value.as_bytes())
+        .ok()
+        .filter(|v| v.is_ascii())
+        .ok_or(AuthError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(AuthError::BadScheme)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::BadScheme);

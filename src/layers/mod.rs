@@ -9,6 +9,7 @@ pub mod observe;
 pub mod parse;
 pub mod policy;
 pub mod rate_limit;
+pub mod request_id;
 pub mod rescue;
 pub mod route;
 pub mod step;

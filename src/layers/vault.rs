@@ -25,20 +25,25 @@ use crate::vault::Vault;
 /// Body fields never forwarded as the client sent them.
 pub const STRIPPED_FIELDS: &[&str] = &["token", "mobile_app", "mobileApp", "uuid", "project_init"];
 
-/// Client headers never forwarded: credentials, and addresses REDCap would trust.
-pub static STRIPPED_HEADERS: [HeaderName; 11] = [
-    http::header::AUTHORIZATION,
-    http::header::COOKIE,
-    HeaderName::from_static("client-ip"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-real-ip"),
-    http::header::FORWARDED,
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static(PROJECT_HEADER),
-];
+/// Client headers never forwarded: credentials, addresses REDCap would trust, the
+/// project selector, and the length of a body that is rewritten.
+fn is_stripped_header(h: &HeaderName) -> bool {
+    matches!(
+        h.as_str(),
+        "authorization"
+            | "cookie"
+            | "client-ip"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "x-real-ip"
+            | "forwarded"
+            | "true-client-ip"
+            | "cf-connecting-ip"
+            | PROJECT_HEADER
+            | "content-length"
+    )
+}
 
 fn stripped(key: &Option<PhpKey>) -> bool {
     match key {
@@ -182,9 +187,7 @@ impl Step for Inject {
             .get::<crate::context::PeerAddr>()
             .map(|p| p.1.clone());
         let headers = req.headers_mut();
-        crate::forward::remove_headers(headers, |h| {
-            h == CONTENT_LENGTH || STRIPPED_HEADERS.contains(h)
-        });
+        crate::forward::remove_headers(headers, is_stripped_header);
         headers.insert(CONTENT_TYPE, content_type);
         if let Some(len) = len {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
