@@ -317,6 +317,32 @@ fn one_bad_row_rejects_all_and_every_reason_is_listed() {
     assert!(!all.contains("row 1"), "{all}");
 }
 
+/// What an allowed import sets is listed for the audit record, one `user: field=value`
+/// per field, form rights as `form:level` pairs in the order sent.
+#[test]
+fn an_allowed_import_lists_every_change() {
+    let p = policy(PROJECT);
+    let data = enc(
+        r#"[{"username":"jdoe","expiration":"2027-01-01","data_access_group":"site_a","design":"0","forms":{"demographics":"2","visit":"0"},"forms_export":{"demographics":"2"}}]"#,
+    );
+    let d = decide(
+        &p,
+        &["managers"],
+        &format!("content=user&format=json&data={data}"),
+    );
+    assert!(d.allowed, "{:?}", d.reasons);
+    assert_eq!(
+        d.effect.changes,
+        [
+            "jdoe: expiration=2027-01-01",
+            "jdoe: data_access_group=site_a",
+            "jdoe: design=0",
+            "jdoe: forms=demographics:2,visit:0",
+            "jdoe: forms_export=demographics:2",
+        ]
+    );
+}
+
 #[test]
 fn user_import_with_action_export_is_still_checked() {
     let p = policy(PROJECT);
