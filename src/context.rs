@@ -9,8 +9,9 @@ use crate::redcap::ReturnFormat;
 /// A summary of the call, safe to log (no data, no token).
 #[derive(Debug, Clone)]
 pub struct CallSummary {
-    pub content: String,
-    pub action: String,
+    /// One of REDCap's contents (`redcap::call::CONTENTS`), so never a copy.
+    pub content: &'static str,
+    pub action: &'static str,
     pub format: &'static str,
     pub return_format: &'static str,
     pub users: Vec<String>,

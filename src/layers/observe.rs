@@ -66,8 +66,8 @@ pub fn record<'a>(ctx: &'a RequestContext, phase: &'static str) -> Record<'a> {
         issuer: p.map(|p| p.issuer.as_str()),
         credential: p.map(|p| p.credential.as_str()),
         project: ctx.project.get().map(String::as_str),
-        content: call.map(|c| c.content.as_str()),
-        action: call.map(|c| c.action.as_str()),
+        content: call.map(|c| c.content),
+        action: call.map(|c| c.action),
         format: call.map(|c| c.format),
         return_format: call.map(|c| c.return_format),
         decision: match d {

@@ -159,8 +159,12 @@ impl Step for Parse {
         if let Some(ctx) = &ctx {
             ctx.set_error_format(call.return_format);
             let _ = ctx.call.set(CallSummary {
-                content: call.content.clone(),
-                action: call.operation.as_str().to_string(),
+                content: crate::redcap::call::CONTENTS
+                    .iter()
+                    .find(|c| **c == call.content)
+                    .copied()
+                    .unwrap_or("-"),
+                action: call.operation.as_str(),
                 format: call.format.as_str(),
                 return_format: call.return_format.as_str(),
                 users: call.users.clone(),
