@@ -31,6 +31,11 @@ pub struct RequestContext {
     pub request_id: OnceLock<String>,
     pub client: OnceLock<PeerAddr>,
     pub bytes_in: OnceLock<u64>,
+    /// The request's places under the in-flight cap and the concurrency caps. The context
+    /// lives until the response body has been sent (the final audit record's guard holds
+    /// it), so a long export keeps its place while it streams, not only until its head.
+    pub in_flight: OnceLock<tokio::sync::OwnedSemaphorePermit>,
+    pub concurrency: OnceLock<crate::ratelimit::Permit>,
 }
 
 impl RequestContext {

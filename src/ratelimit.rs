@@ -261,6 +261,7 @@ impl Limit for RedisLimit {
 type InFlight = Arc<Mutex<HashMap<String, usize>>>;
 
 /// A held concurrency slot; released when dropped.
+#[derive(Debug)]
 pub struct Permit {
     _upstream: Option<OwnedSemaphorePermit>,
     user: Option<(InFlight, String)>,

@@ -436,6 +436,68 @@ async fn the_in_flight_cap_holds_across_serving_threads() {
     assert_eq!(statuses, [200, 200, 503, 503, 503, 503]);
 }
 
+/// A response streams after its head: the call keeps its place under the in-flight cap
+/// and the per-user concurrency cap until the body has been sent, so a second call is
+/// refused while the first still streams, and admitted once it has ended.
+#[tokio::test]
+async fn caps_hold_until_the_response_body_ends() {
+    use http_body_util::BodyExt;
+    use redcap_gateway::http_client::ClientHandle;
+    use tower::ServiceExt;
+    // Head and half the body at once; the rest after 600 ms.
+    let addr = raw_upstream(|mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab")
+            .await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let _ = s.write_all(b"cd").await;
+    })
+    .await;
+    for (cap, refused) in [
+        ("[limits]\nmax_concurrent_requests = 1\n\n", 503),
+        ("[rate_limit]\nper_user_concurrency = 1\n\n", 429),
+    ] {
+        let gw = TestGateway::start_with(|t| {
+            set_first("url", format!("http://{addr}"))(t).replacen(
+                "[upstream]",
+                &format!("{cap}[upstream]"),
+                1,
+            )
+        })
+        .await;
+        let g = gw.env.gateway.clone();
+        let client = ClientHandle::new(&g.config.upstream.client_options()).unwrap();
+        let stack = redcap_gateway::stack::build(&g, client);
+        let call = || {
+            let req = Request::post("/p/demo/api/")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("authorization", format!("Bearer {}", gw.jwt))
+                .body(redcap_gateway::body::full(
+                    "content=record&returnFormat=json",
+                ))
+                .unwrap();
+            stack.clone().oneshot(req)
+        };
+        let first = call().await.unwrap();
+        assert_eq!(first.status(), 200);
+        let second = call().await.unwrap();
+        assert_eq!(
+            second.status().as_u16(),
+            refused,
+            "{cap}: refused while the first streams"
+        );
+        let body = first.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"abcd");
+        let third = call().await.unwrap();
+        assert_eq!(
+            third.status(),
+            200,
+            "{cap}: admitted once the first body ended"
+        );
+    }
+}
+
 /// (name, filename, value) of one multipart part.
 type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
 

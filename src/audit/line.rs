@@ -108,7 +108,8 @@ pub fn rfc3339_millis(t: std::time::SystemTime) -> String {
         out[at] = c;
     }
     out[23] = b'Z';
-    out.iter().map(|&b| char::from(b)).collect()
+    // All ASCII digits and separators.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar

@@ -1,5 +1,6 @@
 //! Limits: a cap on requests in flight (more are answered 503 at once, never queued
-//! without bound), and refusal of new work while the gateway drains for shutdown.
+//! without bound), and refusal of new work while the gateway drains for shutdown. A
+//! request is in flight until its response body has been sent.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +12,7 @@ use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
 use super::{Req, Resp, Result};
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 
 #[derive(Clone)]
@@ -55,17 +57,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         let mut inner = super::take_ready(&mut self.inner);
         let limits = self.limits.clone();
+        let ctx = RequestContext::of(&mut req);
         Box::pin(async move {
             if limits.draining.load(Ordering::Relaxed) {
                 return Err(GatewayError::ShuttingDown);
             }
-            let _permit = limits
+            let permit = limits
                 .permits
                 .try_acquire_owned()
                 .map_err(|_| GatewayError::Overloaded)?;
+            // Held by the context until the response body is done.
+            let _ = ctx.in_flight.set(permit);
+            drop(ctx);
             inner.call(req).await
         })
     }

@@ -11,6 +11,7 @@ use super::route::ProjectName;
 use super::step::Handler;
 use super::{Req, Resp, Result};
 use crate::auth::Principal;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::ratelimit::{RateLimits, Refusal};
 use crate::redcap::RedcapCall;
@@ -56,8 +57,9 @@ impl<S: Handler> Handler for RateLimit<S> {
                 .get::<Arc<RedcapCall>>()
                 .is_some_and(|c| c.operation.is_mutating());
             let cost = if mutating { limits.mutating_cost } else { 1 };
-            // The permit (concurrency caps) is held until REDCap has answered.
-            let _permit = match limits.admit(user, project, cost).await {
+            // The permit (concurrency caps) is held until REDCap's answer has been sent on:
+            // the request context keeps it until the response body is done.
+            let permit = match limits.admit(user, project, cost).await {
                 Ok(p) => p,
                 Err(Refusal::Limited { limit, retry_after }) => {
                     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -68,7 +70,18 @@ impl<S: Handler> Handler for RateLimit<S> {
                 }
                 Err(Refusal::Unavailable) => return Err(GatewayError::Overloaded),
             };
-            next.handle(req).await
+            match req.extensions().get::<Arc<RequestContext>>() {
+                Some(ctx) => {
+                    let _ = ctx.concurrency.set(permit);
+                    next.handle(req).await
+                }
+                // Alone (without the outer layers), until the head, as before.
+                None => {
+                    let resp = next.handle(req).await;
+                    drop(permit);
+                    resp
+                }
+            }
         }
     }
 }

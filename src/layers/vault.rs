@@ -76,24 +76,27 @@ pub fn rewrite_urlencoded(
     token: &Secret,
     max_vars: usize,
 ) -> Result<Bytes> {
-    let kept: Vec<_> = form
-        .segments
-        .iter()
-        .filter(|s| !stripped(&s.top_key))
-        .collect();
-    if kept.len() + 1 > max_vars {
+    let kept = || form.segments.iter().filter(|s| !stripped(&s.top_key));
+    if kept().count() + 1 > max_vars {
         return Err(GatewayError::BadRequest(format!(
             "the body has too many parameters to add the project token (PHP max_input_vars is {max_vars})"
         )));
     }
-    let mut out = BytesMut::with_capacity(raw.len() + 40);
-    for s in kept {
+    let secret = token.expose().as_bytes();
+    let mut out = Vec::with_capacity(raw.len() + secret.len() + 8);
+    for s in kept() {
         out.extend_from_slice(&raw[s.start..s.end]);
-        out.extend_from_slice(b"&");
+        out.push(b'&');
     }
     out.extend_from_slice(b"token=");
-    out.extend_from_slice(token.expose().as_bytes());
-    Ok(out.freeze())
+    out.extend_from_slice(secret);
+    Ok(wiped(out))
+}
+
+/// Bytes that hold the project's token: their memory is wiped when hyper lets go of them
+/// (written, or the call dropped), not left for the allocator to hand out again.
+fn wiped(b: Vec<u8>) -> Bytes {
+    Bytes::from_owner(zeroize::Zeroizing::new(b))
 }
 
 /// A multipart body for REDCap: kept fields and our token, then the file streaming.
@@ -121,7 +124,7 @@ fn rewrite_multipart(
     let Some((file_head, file)) = mp.file else {
         head.extend_from_slice(&closing(&boundary));
         let len = head.len() as u64;
-        return Ok((full(head.freeze()), boundary, Some(len)));
+        return Ok((full(wiped(head.into())), boundary, Some(len)));
     };
     write_file_head(&mut head, &boundary, &file_head);
     let tail_boundary = boundary.clone();
@@ -139,7 +142,7 @@ fn rewrite_multipart(
             Err(e) => Err(Box::new(MultipartError::from(e)) as BoxError),
         }
     });
-    let stream = futures_util::stream::once(async move { Ok::<_, BoxError>(head.freeze()) })
+    let stream = futures_util::stream::once(async move { Ok::<_, BoxError>(wiped(head.into())) })
         .chain(file_stream)
         .chain(after)
         .map(|r| r.map(http_body::Frame::data));
