@@ -110,8 +110,8 @@ impl Forward {
 }
 
 impl Handler for Forward {
-    fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + 'static {
-        let this = self.0.clone();
+    fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + '_ {
+        let this = &self.0;
         async move {
             let ctx = req
                 .extensions()

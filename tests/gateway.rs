@@ -205,6 +205,16 @@ async fn ambiguous_bodies_are_rejected_not_guessed() {
             "{t}"
         );
     }
+    // A refused call still answers in the format its body asked for (XML by default).
+    for (b, shape) in [
+        ("content=Record&returnFormat=json", "{\"error\""),
+        ("content=Record&returnFormat=xml", "<?xml"),
+        ("content=Record&format=json", "{\"error\""),
+        ("content=Record", "<?xml"),
+    ] {
+        let t = gw.post(b).await.text();
+        assert!(t.starts_with(shape), "{b}: {t}");
+    }
     assert!(gw.env.fake.requests().is_empty());
 }
 

@@ -152,10 +152,12 @@ impl Step for Parse {
             FormBody::Urlencoded { form, .. } => form,
             FormBody::Multipart(mp) => &mp.form,
         };
-        if let Some(ctx) = &ctx {
-            ctx.set_error_format(sniff_return_format(form));
-        }
-        let call = RedcapCall::from_form(form)?;
+        let call = RedcapCall::from_form(form).inspect_err(|_| {
+            // The call is refused: answer in the format the body asked for, read leniently.
+            if let Some(ctx) = &ctx {
+                ctx.set_error_format(sniff_return_format(form));
+            }
+        })?;
         if let Some(ctx) = &ctx {
             ctx.set_error_format(call.return_format);
             let _ = ctx.call.set(CallSummary {

@@ -31,21 +31,21 @@ impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
     fn layer(&self, next: S) -> Self::Service {
         RateLimit {
-            next: Arc::new(next),
+            next,
             limits: self.limits.clone(),
         }
     }
 }
 
 pub struct RateLimit<S> {
-    next: Arc<S>,
+    next: S,
     limits: Arc<RateLimits>,
 }
 
 impl<S: Handler> Handler for RateLimit<S> {
-    fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + 'static {
-        let next = self.next.clone();
-        let limits = self.limits.clone();
+    fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + '_ {
+        let next = &self.next;
+        let limits = &self.limits;
         async move {
             let user = req
                 .extensions()

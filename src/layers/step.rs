@@ -3,8 +3,8 @@
 //! tower calls a service through `&mut self`, so a middleware whose future outlives
 //! `call` must clone its inner service, and every layer clones the whole stack beneath
 //! it: per request, a cost that grows with the square of the depth. Here each phase holds
-//! its successor behind an `Arc` and hands out `'static` futures, so a request costs one
-//! reference count per phase and the whole chain polls as one future. `Pipeline` puts
+//! its successor, and a request's future borrows the chain, which `Pipeline` keeps alive
+//! with one reference count per request; the whole chain polls as one future. `Pipeline` puts
 //! the chain back behind tower's `Service` for the outer layers.
 //!
 //! Most phases are steps, which transform (or refuse) the request before passing it on:
@@ -20,9 +20,10 @@ use tower::{Layer, Service};
 use super::{Req, Resp, Result};
 use crate::error::GatewayError;
 
-/// A phase of the inner path. `handle` must not borrow `self` in its future.
+/// A phase of the inner path. Its future borrows the chain, which `Pipeline` keeps alive
+/// (one `Arc` per request for the whole chain, not a reference count per phase).
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + 'static;
+    fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + '_;
 }
 
 pub trait Step: Clone + Send + Sync + 'static {
@@ -37,7 +38,7 @@ impl<T: Clone, S> Layer<S> for StepLayer<T> {
     fn layer(&self, next: S) -> Self::Service {
         Then {
             step: self.0.clone(),
-            next: Arc::new(next),
+            next,
         }
     }
 }
@@ -45,17 +46,13 @@ impl<T: Clone, S> Layer<S> for StepLayer<T> {
 /// A step, then the rest of the chain.
 pub struct Then<T, S> {
     step: T,
-    next: Arc<S>,
+    next: S,
 }
 
 impl<T: Step, S: Handler> Handler for Then<T, S> {
-    fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + 'static {
-        let step = self.step.clone();
-        let next = self.next.clone();
-        async move {
-            let req = step.apply(req).await?;
-            next.handle(req).await
-        }
+    async fn handle(&self, req: Req) -> Result<Resp> {
+        let req = self.step.apply(req).await?;
+        self.next.handle(req).await
     }
 }
 
@@ -88,6 +85,7 @@ impl<H: Handler> Service<Req> for Pipeline<H> {
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        Box::pin(self.0.handle(req))
+        let chain = self.0.clone();
+        Box::pin(async move { chain.handle(req).await })
     }
 }
