@@ -273,9 +273,24 @@ async fn routing_and_methods() {
 /// A body that stops arriving gets a REDCap-shaped 408 once `body_timeout` passes (the
 /// parser reads a body that is already there without a timer, so this path needs its
 /// own test); one that arrives in pieces in time is read whole.
+/// Writes `pieces` to a new connection, `pause` before each, and reads the whole answer.
+async fn raw_exchange(addr: std::net::SocketAddr, pieces: &[&str], pause: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for p in pieces {
+        tokio::time::sleep(pause).await;
+        s.write_all(p.as_bytes()).await.unwrap();
+    }
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .expect("the gateway answers")
+        .unwrap();
+    answer
+}
+
 #[tokio::test]
 async fn stalled_bodies_time_out_and_slow_ones_are_read_whole() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gw = TestGateway::start_with(|t| {
         t.replace(
             "[upstream]",
@@ -294,15 +309,9 @@ async fn stalled_bodies_time_out_and_slow_ones_are_read_whole() {
     };
 
     // Half the body, then silence.
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(head(body.len()).as_bytes()).await.unwrap();
-    s.write_all(&body.as_bytes()[..10]).await.unwrap();
     let started = std::time::Instant::now();
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
-        .await
-        .expect("the gateway answers a stalled body")
-        .unwrap();
+    let head = head(body.len());
+    let answer = raw_exchange(gw.addr, &[&head, &body[..10]], Duration::ZERO).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
         answer.contains("\"error\""),
@@ -312,17 +321,8 @@ async fn stalled_bodies_time_out_and_slow_ones_are_read_whole() {
     assert!(gw.env.fake.requests().is_empty());
 
     // The same body in three pieces, each well within the timeout.
-    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(head(body.len()).as_bytes()).await.unwrap();
-    for piece in [&body[..10], &body[10..30], &body[30..]] {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        s.write_all(piece.as_bytes()).await.unwrap();
-    }
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
+    let pieces = [&head, &body[..10], &body[10..30], &body[30..]];
+    let answer = raw_exchange(gw.addr, &pieces, Duration::from_millis(50)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(gw.env.fake.requests().len(), 1);
 }
