@@ -291,13 +291,7 @@ async fn raw_exchange(addr: std::net::SocketAddr, pieces: &[&str], pause: Durati
 
 #[tokio::test]
 async fn stalled_bodies_time_out_and_slow_ones_are_read_whole() {
-    let gw = TestGateway::start_with(|t| {
-        t.replace(
-            "[upstream]",
-            "[limits]\nbody_timeout = \"300ms\"\n\n[upstream]",
-        )
-    })
-    .await;
+    let gw = TestGateway::start_with(with_limits("body_timeout = \"300ms\"")).await;
     let body = "token=x&content=record&format=json&returnFormat=json";
     let head = |len: usize| {
         format!(
@@ -329,13 +323,7 @@ async fn stalled_bodies_time_out_and_slow_ones_are_read_whole() {
 
 #[tokio::test]
 async fn size_and_content_type_limits() {
-    let gw = TestGateway::start_with(|t| {
-        t.replace(
-            "[upstream]",
-            "[limits]\nmax_urlencoded_body = \"1KiB\"\n\n[upstream]",
-        )
-    })
-    .await;
+    let gw = TestGateway::start_with(with_limits("max_urlencoded_body = \"1KiB\"")).await;
     let r = gw
         .post(&format!(
             "content=record&returnFormat=json&data={}",
@@ -403,6 +391,17 @@ async fn upstream_timeout_is_504() {
     assert!(r.json()["error"].as_str().unwrap().contains("in time"));
 }
 
+/// A record export as a request for a stack built by the test (no server in between).
+fn stack_export(jwt: &str) -> http::Request<redcap_gateway::body::Body> {
+    Request::post("/p/demo/api/")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("authorization", format!("Bearer {jwt}"))
+        .body(redcap_gateway::body::full(
+            "content=record&returnFormat=json",
+        ))
+        .unwrap()
+}
+
 #[tokio::test]
 async fn the_in_flight_cap_holds_across_serving_threads() {
     // An upstream that holds every call for a second. Each serving thread builds its own
@@ -427,16 +426,7 @@ async fn the_in_flight_cap_holds_across_serving_threads() {
         })
         .collect();
     let calls: Vec<_> = (0..6)
-        .map(|i| {
-            let req = Request::post("/p/demo/api/")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("authorization", format!("Bearer {}", gw.jwt))
-                .body(redcap_gateway::body::full(
-                    "content=record&returnFormat=json",
-                ))
-                .unwrap();
-            tokio::spawn(stacks[i % 2].clone().oneshot(req))
-        })
+        .map(|i| tokio::spawn(stacks[i % 2].clone().oneshot(stack_export(&gw.jwt))))
         .collect();
     let mut statuses = Vec::new();
     for c in calls {
@@ -479,16 +469,7 @@ async fn caps_hold_until_the_response_body_ends() {
         let g = gw.env.gateway.clone();
         let client = ClientHandle::new(&g.config.upstream.client_options()).unwrap();
         let stack = redcap_gateway::stack::build(&g, client);
-        let call = || {
-            let req = Request::post("/p/demo/api/")
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("authorization", format!("Bearer {}", gw.jwt))
-                .body(redcap_gateway::body::full(
-                    "content=record&returnFormat=json",
-                ))
-                .unwrap();
-            stack.clone().oneshot(req)
-        };
+        let call = || stack.clone().oneshot(stack_export(&gw.jwt));
         let first = call().await.unwrap();
         assert_eq!(first.status(), 200);
         let second = call().await.unwrap();

@@ -160,6 +160,11 @@ pub fn set_first(key: &str, value: String) -> impl FnOnce(String) -> String {
     }
 }
 
+/// A config edit that adds a `[limits]` table with `lines` (before `[upstream]`).
+pub fn with_limits(lines: &str) -> impl FnOnce(String) -> String + '_ {
+    move |t: String| t.replacen("[upstream]", &format!("[limits]\n{lines}\n\n[upstream]"), 1)
+}
+
 /// Waits until something listens on 127.0.0.1:port (a server started by a test).
 pub async fn wait_for_port(port: u16) -> bool {
     for _ in 0..200 {
