@@ -120,6 +120,13 @@ fn rewrite_multipart(
             "the body has too many parameters to add the project token (PHP max_input_vars is {max_vars})"
         )));
     }
+    // Room for the token part, the file part's head and the closing line (an upper
+    // bound: 256 covers the fixed text), so the buffer never moves once the token is in
+    // it, which would leave an unwiped copy behind.
+    let file_head = mp.file.as_ref().map_or(0, |(h, _)| {
+        h.filename.len() + h.content_type.as_ref().map_or(0, String::len)
+    });
+    head.reserve(token.expose().len() + 3 * boundary.len() + file_head + 256);
     write_text_part(&mut head, &boundary, "token", token.expose().as_bytes());
     let Some((file_head, file)) = mp.file else {
         head.extend_from_slice(&closing(&boundary));
