@@ -10,6 +10,8 @@ fuzz_target!(|data: &[u8]| {
         static RT: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         static V: JwtVerifier = JwtVerifier::new(vec![DevIssuer::new(DEV_ISSUER).unwrap().gateway_issuer().unwrap()]);
     }
-    let Ok(token) = std::str::from_utf8(data) else { return };
+    let Ok(token) = std::str::from_utf8(data) else {
+        return;
+    };
     RT.with(|rt| V.with(|v| assert!(rt.block_on(v.verify(token)).is_err())));
 });

@@ -115,6 +115,12 @@ fn parse_json(data: &[u8]) -> Result<Vec<DataRow>, DataError> {
     }
 }
 
+/// `parse("json", ..)` without the fast reader, for the differential fuzz target.
+#[doc(hidden)]
+pub fn parse_json_general(data: &[u8]) -> Result<Vec<DataRow>, DataError> {
+    parse_json_value(data)
+}
+
 /// The general JSON reader: a `serde_json::Value` first (objects keep their order, and a
 /// repeated key keeps its first place with its last value, as PHP's `json_decode`).
 fn parse_json_value(data: &[u8]) -> Result<Vec<DataRow>, DataError> {
