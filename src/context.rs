@@ -9,7 +9,7 @@ use crate::redcap::ReturnFormat;
 /// A summary of the call, safe to log (no data, no token).
 #[derive(Debug, Clone)]
 pub struct CallSummary {
-    /// One of REDCap's contents (`redcap::call::CONTENTS`), so never a copy.
+    /// One of REDCap's contents (`RedcapCall::content`), so never a copy.
     pub content: &'static str,
     pub action: &'static str,
     pub format: &'static str,

@@ -65,11 +65,8 @@ pub fn api_uri(base: &str) -> std::result::Result<Uri, String> {
         .map_err(|e| format!("upstream URL {full:?}: {e}"))
 }
 
-/// The innermost handler. Its state sits behind one `Arc`, so each request costs a single
-/// reference count here (a hyper client clone is several).
-pub struct Forward(Arc<ForwardState>);
-
-struct ForwardState {
+/// The innermost handler (its requests' futures borrow it).
+pub struct Forward {
     client: ClientHandle,
     api: Uri,
     /// The `Host` header for `api`, as the client would write it.
@@ -99,19 +96,19 @@ impl Forward {
         timeout: Duration,
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Self {
-        Forward(Arc::new(ForwardState {
+        Forward {
             client,
             host: host_header(&api),
             api,
             timeout,
             metrics,
-        }))
+        }
     }
 }
 
 impl Handler for Forward {
     fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + '_ {
-        let this = &self.0;
+        let this = self;
         async move {
             let ctx = req
                 .extensions()

@@ -20,7 +20,8 @@ const HASH_AT: usize = HEAD.len();
 const PREV_AT: usize = HASH_AT + 64 + MID.len();
 const BODY_AT: usize = PREV_AT + 64 + TAIL.len();
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex, two digits per byte.
+pub(super) fn hex(b: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
     for x in b {

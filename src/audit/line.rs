@@ -56,17 +56,21 @@ pub fn to_json(r: &Record<'_>) -> String {
     o.0
 }
 
-/// True when some byte of `b` must be escaped in a JSON string. Checked 16 bytes at a
-/// time without early exit, so the compiler vectorizes it: most strings need nothing.
+/// A byte JSON requires escaped in a string: a control character, `"` or `\`.
+fn must_escape(x: u8) -> bool {
+    (x < 0x20) | (x == b'"') | (x == b'\\')
+}
+
+/// True when some byte of `b` must be escaped. Checked 16 bytes at a time without early
+/// exit, so the compiler vectorizes it: most strings need nothing.
 fn needs_escape(b: &[u8]) -> bool {
-    let bad = |x: u8| (x < 0x20) | (x == b'"') | (x == b'\\');
     let mut chunks = b.chunks_exact(16);
     for c in &mut chunks {
-        if c.iter().fold(false, |acc, &x| acc | bad(x)) {
+        if c.iter().fold(false, |acc, &x| acc | must_escape(x)) {
             return true;
         }
     }
-    chunks.remainder().iter().any(|&x| bad(x))
+    chunks.remainder().iter().any(|&x| must_escape(x))
 }
 
 /// `SystemTime` as RFC 3339 UTC with milliseconds (`2026-12-03T09:05:02.123Z`), as
@@ -175,7 +179,7 @@ impl Out {
         }
         let mut start = 0;
         for (i, &b) in bytes.iter().enumerate() {
-            if b >= 0x20 && b != b'"' && b != b'\\' {
+            if !must_escape(b) {
                 continue;
             }
             // Every byte that needs escaping is ASCII, so these are char boundaries.
@@ -189,10 +193,8 @@ impl Out {
                 0x08 => self.0.push_str("\\b"),
                 0x0c => self.0.push_str("\\f"),
                 _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
                     self.0.push_str("\\u00");
-                    self.0.push(char::from(HEX[usize::from(b >> 4)]));
-                    self.0.push(char::from(HEX[usize::from(b & 15)]));
+                    self.0.push_str(&super::chain::hex(&[b]));
                 }
             }
             start = i + 1;

@@ -20,9 +20,9 @@ use crate::config::{AuditConfig, AuditSink, WhenAuditFails};
 use crate::secret::Secret;
 
 /// One audit record, borrowing from the request's context (no copies on the request
-/// path). Written by `line::to_json`, which matches this derived serializer byte for
-/// byte (tested); a new field goes in both. Never a token, a JWT or record data. What is unknown or empty is left out of
-/// the line (shorter lines: less to hash, write and store).
+/// path). Never a token, a JWT or record data. What is unknown or empty is left out of
+/// the line (shorter lines: less to hash, write and store). Written by `line::to_json`,
+/// which matches this derived serializer byte for byte (tested); a new field goes in both.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Record<'a> {
     pub time: String,
@@ -71,8 +71,8 @@ pub struct Record<'a> {
     pub bytes_out: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     /// The client's IP address, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client: Option<&'a str>,
     /// False when the client went away before the response was complete.
     pub complete: bool,

@@ -161,11 +161,7 @@ impl Step for Parse {
         if let Some(ctx) = &ctx {
             ctx.set_error_format(call.return_format);
             let _ = ctx.call.set(CallSummary {
-                content: crate::redcap::call::CONTENTS
-                    .iter()
-                    .find(|c| **c == call.content)
-                    .copied()
-                    .unwrap_or("-"),
+                content: call.content,
                 action: call.operation.as_str(),
                 format: call.format.as_str(),
                 return_format: call.return_format.as_str(),

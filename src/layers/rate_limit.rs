@@ -43,7 +43,7 @@ pub struct RateLimit<S> {
 }
 
 impl<S: Handler> Handler for RateLimit<S> {
-    fn handle(&self, req: Req) -> impl Future<Output = Result<Resp>> + Send + '_ {
+    fn handle(&self, mut req: Req) -> impl Future<Output = Result<Resp>> + Send + '_ {
         let next = &self.next;
         let limits = &self.limits;
         async move {
@@ -70,18 +70,10 @@ impl<S: Handler> Handler for RateLimit<S> {
                 }
                 Err(Refusal::Unavailable) => return Err(GatewayError::Overloaded),
             };
-            match req.extensions().get::<Arc<RequestContext>>() {
-                Some(ctx) => {
-                    let _ = ctx.concurrency.set(permit);
-                    next.handle(req).await
-                }
-                // Alone (without the outer layers), until the head, as before.
-                None => {
-                    let resp = next.handle(req).await;
-                    drop(permit);
-                    resp
-                }
-            }
+            // (Alone, without the outer layers, the context goes with the request: the
+            // permit is then held until the response head.)
+            let _ = RequestContext::of(&mut req).concurrency.set(permit);
+            next.handle(req).await
         }
     }
 }

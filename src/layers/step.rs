@@ -2,10 +2,10 @@
 //!
 //! tower calls a service through `&mut self`, so a middleware whose future outlives
 //! `call` must clone its inner service, and every layer clones the whole stack beneath
-//! it: per request, a cost that grows with the square of the depth. Here each phase holds
+//! it: per request, a cost that grows with the square of the depth. Here each phase owns
 //! its successor, and a request's future borrows the chain, which `Pipeline` keeps alive
-//! with one reference count per request; the whole chain polls as one future. `Pipeline` puts
-//! the chain back behind tower's `Service` for the outer layers.
+//! with one reference count per request; the whole chain polls as one future. `Pipeline`
+//! puts the chain back behind tower's `Service` for the outer layers.
 //!
 //! Most phases are steps, which transform (or refuse) the request before passing it on:
 //! route, authenticate, parse, credential, policy, vault, audit intent.

@@ -191,7 +191,8 @@ impl ProjectPolicy {
     }
 
     fn decide_with(&self, who: &Principal, call: &RedcapCall, now: u64, explain: bool) -> Decision {
-        let perm = call.permission();
+        // `content:operation`, only for the trace and a denial (a `format!` otherwise).
+        let perm = || call.permission();
         let mut trace = Trace {
             on: explain,
             lines: Vec::new(),
@@ -205,26 +206,27 @@ impl ProjectPolicy {
         let allowed = self.grants.iter().filter(|g| applies(g)).any(|g| {
             g.permissions
                 .iter()
-                .any(|p| p.allows(&call.content, call.operation))
+                .any(|p| p.allows(call.content, call.operation))
         });
         if !allowed {
-            trace.push(|| format!("grants: no grant for {} allows {perm}", who.user));
+            trace.push(|| format!("grants: no grant for {} allows {}", who.user, perm()));
             return Decision::deny(
                 "grants",
                 vec![format!(
-                    "{} may not {} on this project (no grant allows {perm})",
+                    "{} may not {} on this project (no grant allows {})",
                     who.user,
-                    call.operation.as_str()
+                    call.operation.as_str(),
+                    perm()
                 )],
                 trace.lines,
             );
         }
-        trace.push(|| format!("grants: {perm} allowed for {}", who.user));
+        trace.push(|| format!("grants: {} allowed for {}", perm(), who.user));
         let rows = || {
             let data = call.data.as_deref().unwrap_or(b"");
             user_data::parse(call.format.as_str(), data)
         };
-        let outcome = match (call.content.as_str(), call.operation) {
+        let outcome = match (call.content, call.operation) {
             ("user", Operation::Delete) => self.users.user_delete(&call.users),
             ("user", Operation::Import) => match rows() {
                 Ok(r) => self.users.user_import(&r, now),

@@ -85,7 +85,8 @@ impl Operation {
 /// A REDCap API call as REDCap will read it.
 #[derive(Debug, Clone)]
 pub struct RedcapCall {
-    pub content: String,
+    /// The entry of `CONTENTS` the body named.
+    pub content: &'static str,
     /// The `action` parameter as sent (case-sensitive), if any.
     pub action: Option<String>,
     pub operation: Operation,
@@ -164,12 +165,15 @@ impl RedcapCall {
 
         let format = format.map_or(ReturnFormat::Xml, |v| ReturnFormat::from_param(v));
         let return_format = return_format.map_or(format, |v| ReturnFormat::from_param(v));
-        let content = utf8(content.ok_or(CallError::MissingContent)?, "content")?;
-        if !CONTENTS.contains(&content.as_str()) {
-            return Err(CallError::UnknownContent);
-        }
+        let content = std::str::from_utf8(content.ok_or(CallError::MissingContent)?)
+            .map_err(|_| CallError::NotUtf8("content"))?;
+        let content = CONTENTS
+            .iter()
+            .copied()
+            .find(|c| *c == content)
+            .ok_or(CallError::UnknownContent)?;
         let action = action.map(|a| utf8(a, "action")).transpose()?;
-        let operation = decide_operation(&content, action.as_deref(), data.is_some())?;
+        let operation = decide_operation(content, action.as_deref(), data.is_some())?;
         let users = if content == "user" && operation == Operation::Delete {
             users_array(&form.post)?
         } else {

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
+use memchr::memchr;
 
 /// A PHP array key: PHP turns canonical decimal strings into integer keys. Strings
 /// (keys and values) are `Bytes`, so what needs no decoding shares the request body.
@@ -255,10 +256,6 @@ pub fn split_segments(body: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ 
 
 /// Below this length a plain loop beats memchr2's dispatch (most names and values).
 const SHORT: usize = 32;
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    memchr::memchr(needle, hay)
-}
 
 /// `php_url_decode`: `+` is a space, `%XX` a byte, any other `%` stays as it is.
 pub fn url_decode(input: &[u8]) -> Vec<u8> {
