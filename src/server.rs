@@ -13,7 +13,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
 use crate::audit::Audit;
 use crate::auth::jwt::{Issuer, JwtVerifier};
@@ -320,7 +319,7 @@ async fn serve_thread(
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let mut req = req.map(boxed);
             req.extensions_mut().insert(peer.clone());
-            stack.clone().oneshot(req)
+            stack.serve(req)
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)

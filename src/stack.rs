@@ -1,14 +1,10 @@
 //! The whole request path, outermost first. This is the one place the order is written.
 //! Every failure below Rescue is a typed `GatewayError`; Rescue turns it into a
 //! REDCap-shaped response, so the access log, metrics and audit see every request.
+//! The layers compose one chain of handlers (`layers::step`), served as one tower
+//! `Service` by `Pipeline`.
 
-use std::convert::Infallible;
-
-use http::header::{AUTHORIZATION, COOKIE};
-use tower::util::BoxCloneService;
 use tower::ServiceBuilder;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::forward::Forward;
 use crate::layers::access_log::AccessLogLayer;
@@ -20,31 +16,23 @@ use crate::layers::observe::ObserveLayer;
 use crate::layers::parse::Parse;
 use crate::layers::policy::Authorize;
 use crate::layers::rate_limit::RateLimitLayer;
-use crate::layers::request_id::MakeUuid;
+use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::Route;
-use crate::layers::step::PipelineLayer;
+use crate::layers::step::{Handler, Pipeline, PipelineLayer};
 use crate::layers::vault::Inject;
-use crate::layers::{Req, Resp};
 use crate::server::Gateway;
-
-pub type GatewayService = BoxCloneService<Req, Resp, Infallible>;
 
 /// `client` is the serving thread's own upstream pool, so a request's connection tasks
 /// stay on its thread.
-pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> GatewayService {
-    let svc = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(MakeUuid))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            AUTHORIZATION,
-            COOKIE,
-        ]))
+pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> Pipeline<impl Handler> {
+    ServiceBuilder::new()
+        .layer(PipelineLayer)
+        .layer(RequestIdLayer)
         .layer(AccessLogLayer)
         .layer(ObserveLayer::new(g.audit.clone(), g.metrics.clone()))
         .layer(RescueLayer)
         .layer(LimitsLayer::new(g.in_flight.clone(), g.draining.clone()))
-        .layer(PipelineLayer)
         .layer(Route::layer(g.project_names()))
         .layer(Authenticate::layer(g.jwt.clone(), g.personal.is_some()))
         .layer(Parse::layer(g.limits.parse))
@@ -61,6 +49,5 @@ pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> GatewaySe
             g.api.clone(),
             g.upstream_timeout,
             g.metrics.clone(),
-        ));
-    BoxCloneService::new(svc)
+        ))
 }

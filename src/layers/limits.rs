@@ -2,15 +2,13 @@
 //! without bound), and refusal of new work while the gateway drains for shutdown. A
 //! request is in flight until its response body has been sent.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use tokio::sync::Semaphore;
-use tower::{Layer, Service};
+use tower::Layer;
 
+use super::step::Handler;
 use super::{Req, Resp, Result};
 use crate::context::RequestContext;
 use crate::error::GatewayError;
@@ -30,49 +28,32 @@ impl LimitsLayer {
 
 impl<S> Layer<S> for LimitsLayer {
     type Service = Limits<S>;
-    fn layer(&self, inner: S) -> Self::Service {
+    fn layer(&self, next: S) -> Self::Service {
         Limits {
-            inner,
+            next,
             limits: self.clone(),
         }
     }
 }
 
-#[derive(Clone)]
 pub struct Limits<S> {
-    inner: S,
+    next: S,
     limits: LimitsLayer,
 }
 
-impl<S> Service<Req> for Limits<S>
-where
-    S: Service<Req, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Resp;
-    type Error = GatewayError;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
-        let mut inner = super::take_ready(&mut self.inner);
-        let limits = self.limits.clone();
-        let ctx = RequestContext::of(&mut req);
-        Box::pin(async move {
-            if limits.draining.load(Ordering::Relaxed) {
-                return Err(GatewayError::ShuttingDown);
-            }
-            let permit = limits
-                .permits
-                .try_acquire_owned()
-                .map_err(|_| GatewayError::Overloaded)?;
-            // Held by the context until the response body is done.
-            let _ = ctx.in_flight.set(permit);
-            drop(ctx);
-            inner.call(req).await
-        })
+impl<S: Handler> Handler for Limits<S> {
+    async fn handle(&self, mut req: Req) -> Result<Resp> {
+        if self.limits.draining.load(Ordering::Relaxed) {
+            return Err(GatewayError::ShuttingDown);
+        }
+        let permit = self
+            .limits
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GatewayError::Overloaded)?;
+        // Held by the context until the response body is done.
+        let _ = RequestContext::of(&mut req).in_flight.set(permit);
+        self.next.handle(req).await
     }
 }

@@ -23,10 +23,3 @@ use crate::error::GatewayError;
 pub type Req = Request<Body>;
 pub type Resp = Response<Body>;
 pub type Result<T> = std::result::Result<T, GatewayError>;
-
-/// The inner service that was polled ready, leaving a fresh clone in its place: tower's
-/// rule for calling a cloned service from a `'static` future.
-pub fn take_ready<S: Clone>(slot: &mut S) -> S {
-    let clone = slot.clone();
-    std::mem::replace(slot, clone)
-}

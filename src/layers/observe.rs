@@ -3,8 +3,6 @@
 //! ends, or is dropped because the client went away, or the request is dropped before
 //! any response, the guard writes the record and counts the request.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -12,9 +10,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::Frame;
-use tower::{Layer, Service};
+use tower::Layer;
 
-use super::{Req, Resp};
+use super::step::Handler;
+use super::{Req, Resp, Result};
 use crate::audit::{Audit, Record};
 use crate::body::{Body, BoxError};
 use crate::context::{PeerAddr, RequestContext};
@@ -34,17 +33,16 @@ impl ObserveLayer {
 
 impl<S> Layer<S> for ObserveLayer {
     type Service = Observe<S>;
-    fn layer(&self, inner: S) -> Self::Service {
+    fn layer(&self, next: S) -> Self::Service {
         Observe {
-            inner,
+            next,
             layer: self.clone(),
         }
     }
 }
 
-#[derive(Clone)]
 pub struct Observe<S> {
-    inner: S,
+    next: S,
     layer: ObserveLayer,
 }
 
@@ -143,7 +141,7 @@ impl http_body::Body for Observed {
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -180,54 +178,34 @@ impl Drop for Observed {
     }
 }
 
-impl<S> Service<Req> for Observe<S>
-where
-    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Resp;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
+impl<S: Handler> Handler for Observe<S> {
+    async fn handle(&self, mut req: Req) -> Result<Resp> {
         let ctx = RequestContext::of(&mut req);
-        if let Some(id) = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-        {
-            let _ = ctx.request_id.set(id.to_string());
+        if ctx.client.get().is_none() {
+            if let Some(peer) = req.extensions().get::<PeerAddr>() {
+                let _ = ctx.client.set(peer.clone());
+            }
         }
-        if let Some(peer) = req.extensions().get::<PeerAddr>() {
-            let _ = ctx.client.set(peer.clone());
-        }
-        self.layer.metrics.in_flight.inc();
+        let metrics = &self.layer.metrics;
+        metrics.in_flight.inc();
         let mut guard = Final {
             audit: self.layer.audit.clone(),
-            metrics: self.layer.metrics.clone(),
+            metrics: metrics.clone(),
             ctx,
             started: Instant::now(),
             status: None,
             bytes_out: 0,
             ended: false,
         };
-        let mut inner = super::take_ready(&mut self.inner);
-        Box::pin(async move {
-            let resp = inner.call(req).await?;
-            guard.status = Some(resp.status().as_u16());
-            let project = guard.ctx.project.get().map(String::as_str).unwrap_or("-");
-            guard
-                .metrics
-                .duration
-                .with_label_values(&[project])
-                .observe(guard.started.elapsed().as_secs_f64());
-            let (parts, body) = resp.into_parts();
-            let body = Body::new(Observed { inner: body, guard });
-            Ok(Resp::from_parts(parts, body))
-        })
+        let resp = self.next.handle(req).await?;
+        guard.status = Some(resp.status().as_u16());
+        let project = guard.ctx.project.get().map(String::as_str).unwrap_or("-");
+        metrics
+            .duration
+            .with_label_values(&[project])
+            .observe(guard.started.elapsed().as_secs_f64());
+        let (parts, body) = resp.into_parts();
+        let body = Body::new(Observed { inner: body, guard });
+        Ok(Resp::from_parts(parts, body))
     }
 }

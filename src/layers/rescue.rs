@@ -1,15 +1,11 @@
 //! Rescue: turns every typed error from the layers below into a REDCap-shaped response
 //! with the right status, so nothing reaches hyper as a reset and outer layers see all.
 
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use tower::{Layer, Service};
+use tower::Layer;
 
-use super::{Req, Resp};
+use super::step::Handler;
+use super::{Req, Resp, Result};
 use crate::body::full;
 use crate::context::RequestContext;
 use crate::error::{GatewayError, Side};
@@ -20,14 +16,13 @@ pub struct RescueLayer;
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Rescue { inner }
+    fn layer(&self, next: S) -> Self::Service {
+        Rescue { next }
     }
 }
 
-#[derive(Clone)]
 pub struct Rescue<S> {
-    inner: S,
+    next: S,
 }
 
 /// The response for an error, in the client's format.
@@ -67,46 +62,29 @@ pub fn error_response(err: &GatewayError, format: ReturnFormat) -> Resp {
     resp
 }
 
-impl<S> Service<Req> for Rescue<S>
-where
-    S: Service<Req, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Resp;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Inner layers are always ready (they clone per call); readiness errors cannot
-        // be answered here, so they are not allowed to exist.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
+/// Never returns an error: every error from below becomes its REDCap-shaped response.
+impl<S: Handler> Handler for Rescue<S> {
+    async fn handle(&self, mut req: Req) -> Result<Resp> {
         let ctx = RequestContext::of(&mut req);
-        let mut inner = super::take_ready(&mut self.inner);
-        Box::pin(async move {
-            match inner.call(req).await {
-                Ok(resp) => Ok(resp),
-                Err(err) => {
-                    let reason = match &err {
-                        GatewayError::Unauthenticated(a) => Some(a.reason()),
-                        _ => None,
-                    };
-                    let _ = ctx.error.set((err.kind(), reason));
-                    let id = ctx.request_id.get().map(String::as_str).unwrap_or("-");
-                    match err.side() {
-                        Side::Client => {
-                            tracing::info!(request_id = id, error = %err, kind = err.kind(), "request refused")
-                        }
-                        Side::Gateway | Side::Upstream => {
-                            tracing::warn!(request_id = id, error = %err, kind = err.kind(), "request failed")
-                        }
-                    }
-                    Ok(error_response(&err, ctx.error_format()))
-                }
+        let err = match self.next.handle(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(err) => err,
+        };
+        let reason = match &err {
+            GatewayError::Unauthenticated(a) => Some(a.reason()),
+            _ => None,
+        };
+        let _ = ctx.error.set((err.kind(), reason));
+        let id = ctx.request_id.get().map(String::as_str).unwrap_or("-");
+        match err.side() {
+            Side::Client => {
+                tracing::info!(request_id = id, error = %err, kind = err.kind(), "request refused")
             }
-        })
+            Side::Gateway | Side::Upstream => {
+                tracing::warn!(request_id = id, error = %err, kind = err.kind(), "request failed")
+            }
+        }
+        Ok(error_response(&err, ctx.error_format()))
     }
 }
 

@@ -1,14 +1,15 @@
-//! The inner request path (route through forward) as one chain of handlers.
+//! The request path as one chain of handlers, composed with tower's `Layer`s.
 //!
 //! tower calls a service through `&mut self`, so a middleware whose future outlives
 //! `call` must clone its inner service, and every layer clones the whole stack beneath
-//! it: per request, a cost that grows with the square of the depth. Here each phase owns
-//! its successor, and a request's future borrows the chain, which `Pipeline` keeps alive
-//! with one reference count per request; the whole chain polls as one future. `Pipeline`
-//! puts the chain back behind tower's `Service` for the outer layers.
+//! it: per request, a cost that grows with the square of the depth, plus a boxed future
+//! per layer. Here each phase owns its successor, and a request's future borrows the
+//! chain, which `Pipeline` keeps alive with one reference count per request; the whole
+//! chain polls as one future, unboxed. `Pipeline` is the chain as a tower `Service`.
 //!
-//! Most phases are steps, which transform (or refuse) the request before passing it on:
-//! route, authenticate, parse, credential, policy, vault, audit intent.
+//! Outer phases wrap the rest of the chain (request id, access log, observe, rescue,
+//! limits); inner ones are steps, which transform (or refuse) the request before passing
+//! it on: route, authenticate, parse, credential, policy, vault, audit intent.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use tower::{Layer, Service};
 
 use super::{Req, Resp, Result};
 use crate::error::GatewayError;
+use crate::redcap::ReturnFormat;
 
 /// A phase of the inner path. Its future borrows the chain, which `Pipeline` keeps alive
 /// (one `Arc` per request for the whole chain, not a reference count per phase).
@@ -56,7 +58,7 @@ impl<T: Step, S: Handler> Handler for Then<T, S> {
     }
 }
 
-/// Ends a chain of handlers: a tower `Service` that is always ready and costs one
+/// Heads a chain of handlers: a tower `Service` that is always ready and costs one
 /// reference count to clone.
 pub struct PipelineLayer;
 
@@ -68,6 +70,25 @@ impl<H> Layer<H> for PipelineLayer {
 }
 
 pub struct Pipeline<H>(Arc<H>);
+
+impl<H: Handler> Pipeline<H> {
+    /// The response to a request, as the server wants it: the future owns its reference
+    /// to the chain, and is neither boxed nor fallible (an error that escaped the chain,
+    /// which rescue prevents, is still answered in REDCap's shape).
+    pub fn serve(
+        &self,
+        req: Req,
+    ) -> impl Future<Output = std::result::Result<Resp, std::convert::Infallible>> + Send + 'static
+    {
+        let chain = self.0.clone();
+        async move {
+            Ok(match chain.handle(req).await {
+                Ok(resp) => resp,
+                Err(e) => super::rescue::error_response(&e, ReturnFormat::Json),
+            })
+        }
+    }
+}
 
 impl<H> Clone for Pipeline<H> {
     fn clone(&self) -> Self {
