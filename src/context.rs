@@ -19,7 +19,7 @@ pub struct CallSummary {
 
 #[derive(Debug, Default)]
 pub struct RequestContext {
-    pub project: OnceLock<String>,
+    pub project: OnceLock<Arc<str>>,
     pub principal: OnceLock<Arc<Principal>>,
     pub call: OnceLock<CallSummary>,
     error_format: Mutex<Option<ReturnFormat>>,

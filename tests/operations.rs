@@ -534,3 +534,48 @@ async fn two_gateways_share_one_upstream_cap_through_redis() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(d.env.fake.requests().is_empty());
 }
+
+/// A client's own short, printable `X-Request-Id` is kept end to end (REDCap, response,
+/// audit record); an unusable one (too long, not printable) is replaced by a fresh UUID,
+/// so every record carries an id that can be searched for.
+#[tokio::test]
+async fn client_request_ids_are_kept_when_usable_and_replaced_otherwise() {
+    let gw = TestGateway::start().await;
+    let long = "x".repeat(129);
+    let cases: [(&[u8], bool); 3] = [
+        (b"job-42.step-7", true),
+        (long.as_bytes(), false),
+        (b"caf\xc3\xa9", false),
+    ];
+    let mut sent = Vec::new();
+    for (id, kept) in cases {
+        let req = form(
+            Request::post(gw.api())
+                .header("authorization", format!("Bearer {}", gw.jwt))
+                .header("x-request-id", http::HeaderValue::from_bytes(id).unwrap()),
+            "content=record&format=json",
+        );
+        let r = send(req).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echoed = r.headers["x-request-id"].as_bytes().to_vec();
+        let up = gw.env.fake.last_request().expect("reached REDCap");
+        assert_eq!(up.headers["x-request-id"].as_bytes(), &echoed[..]);
+        if kept {
+            assert_eq!(echoed, id);
+        } else {
+            assert_ne!(echoed, id);
+            let uuid = uuid::Uuid::parse_str(std::str::from_utf8(&echoed).unwrap()).unwrap();
+            assert_eq!(uuid.get_version_num(), 4);
+        }
+        sent.push(String::from_utf8(echoed).unwrap());
+    }
+    let lines = wait_for_finals(&gw, sent.len()).await;
+    for id in &sent {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["phase"] == "final" && l["request_id"] == id.as_str()),
+            "no final record for {id}"
+        );
+    }
+}

@@ -54,7 +54,7 @@ fn log_line(ctx: &Arc<RequestContext>, status: u16, started: Instant) {
     tracing::debug!(
         status,
         ms = started.elapsed().as_secs_f64() * 1000.0,
-        project = ctx.project.get().map(String::as_str).unwrap_or("-"),
+        project = ctx.project.get().map(|p| &**p).unwrap_or("-"),
         user = ctx.principal.get().map(|p| p.user.as_str()).unwrap_or("-"),
         content = call.map(|c| c.content).unwrap_or("-"),
         action = call.map(|c| c.action).unwrap_or("-"),

@@ -61,12 +61,13 @@ impl Step for ResolveCredential {
             .ok_or(GatewayError::Unauthenticated(AuthError::Missing))?;
         let (principal, project) = personal.verify(presented, routed.as_deref())?;
         let principal = Arc::new(principal);
+        let project: Arc<str> = project.into();
         if let Some(ctx) = &ctx {
             let _ = ctx.principal.set(principal.clone());
             let _ = ctx.project.set(project.clone());
         }
         if routed.is_none() {
-            req.extensions_mut().insert(ProjectName(project.into()));
+            req.extensions_mut().insert(ProjectName(project));
         }
         req.extensions_mut().insert(principal);
         Ok(req)

@@ -63,7 +63,7 @@ pub fn record<'a>(ctx: &'a RequestContext, phase: &'static str) -> Record<'a> {
         groups: p.map_or(NONE, |p| p.groups.as_slice()),
         issuer: p.map(|p| p.issuer.as_str()),
         credential: p.map(|p| p.credential.as_str()),
-        project: ctx.project.get().map(String::as_str),
+        project: ctx.project.get().map(|p| &**p),
         content: call.map(|c| c.content),
         action: call.map(|c| c.action),
         format: call.map(|c| c.format),
@@ -199,7 +199,7 @@ impl<S: Handler> Handler for Observe<S> {
         };
         let resp = self.next.handle(req).await?;
         guard.status = Some(resp.status().as_u16());
-        let project = guard.ctx.project.get().map(String::as_str).unwrap_or("-");
+        let project = guard.ctx.project.get().map(|p| &**p).unwrap_or("-");
         metrics
             .duration
             .with_label_values(&[project])

@@ -67,20 +67,17 @@ fn kind(req: &Req) -> Result<Kind> {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .ok_or(GatewayError::UnsupportedMediaType)?;
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match mime.as_str() {
-        "application/x-www-form-urlencoded" => Ok(Kind::Urlencoded),
-        "multipart/form-data" => multer::parse_boundary(ct)
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Ok(Kind::Urlencoded)
+    } else if mime.eq_ignore_ascii_case("multipart/form-data") {
+        multer::parse_boundary(ct)
             .map(Kind::Multipart)
             .map_err(|_| {
                 GatewayError::BadRequest("the multipart Content-Type has no boundary".into())
-            }),
-        _ => Err(GatewayError::UnsupportedMediaType),
+            })
+    } else {
+        Err(GatewayError::UnsupportedMediaType)
     }
 }
 

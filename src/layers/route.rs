@@ -19,7 +19,8 @@ pub struct ProjectName(pub Arc<str>);
 
 #[derive(Clone)]
 pub struct Route {
-    projects: Arc<HashSet<String>>,
+    /// The configured names, shared by every request for them (no copy per request).
+    projects: Arc<HashSet<Arc<str>>>,
 }
 
 pub type RouteLayer = StepLayer<Route>;
@@ -27,7 +28,7 @@ pub type RouteLayer = StepLayer<Route>;
 impl Route {
     pub fn layer(projects: impl IntoIterator<Item = String>) -> RouteLayer {
         StepLayer(Route {
-            projects: Arc::new(projects.into_iter().collect()),
+            projects: Arc::new(projects.into_iter().map(Arc::from).collect()),
         })
     }
 
@@ -50,24 +51,24 @@ impl Step for Route {
             return Err(GatewayError::MethodNotAllowed);
         }
         let project = match from_path {
-            Some(p) => p.to_string(),
+            Some(p) => p,
             None => match req
                 .headers()
                 .get(PROJECT_HEADER)
                 .and_then(|v| v.to_str().ok())
             {
-                Some(p) => p.to_string(),
+                Some(p) => p,
                 // POST /api/ without a header: a personal token may name the project.
                 None => return Ok(req),
             },
         };
-        if !self.projects.contains(&project) {
-            return Err(GatewayError::UnknownProject(project));
-        }
+        let Some(project) = self.projects.get(project).cloned() else {
+            return Err(GatewayError::UnknownProject(project.to_string()));
+        };
         if let Some(ctx) = req.extensions().get::<Arc<RequestContext>>() {
             let _ = ctx.project.set(project.clone());
         }
-        req.extensions_mut().insert(ProjectName(project.into()));
+        req.extensions_mut().insert(ProjectName(project));
         Ok(req)
     }
 }
@@ -79,7 +80,7 @@ mod tests {
 
     fn route(method: &str, uri: &str) -> Result<Req> {
         let r = Route {
-            projects: Arc::new(["demo".to_string()].into_iter().collect()),
+            projects: Arc::new([Arc::from("demo")].into_iter().collect()),
         };
         let req = http::Request::builder()
             .method(method)
