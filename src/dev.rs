@@ -219,6 +219,9 @@ forms_export = "deidentified"
     )
 }
 
+/// The dev config's file name in the dev directory.
+pub const CONFIG_FILE: &str = "gateway.toml";
+
 /// A gateway in front of a fake REDCap with one demo project: dev mode and tests.
 pub struct DevEnv {
     pub fake: FakeRedcap,
@@ -229,6 +232,11 @@ pub struct DevEnv {
 }
 
 impl DevEnv {
+    /// The config file the gateway was built from (and reloads).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join(CONFIG_FILE)
+    }
+
     /// Starts the fake REDCap and builds the gateway; `edit` may change the config text.
     pub async fn start(
         listen: &str,
@@ -249,6 +257,8 @@ impl DevEnv {
         ));
         let config =
             Config::from_toml(&text, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+        // On disk too, so dev mode reloads it when edited, as `serve` does.
+        std::fs::write(dir.path().join(CONFIG_FILE), &text).map_err(|e| e.to_string())?;
         let issuer = DevIssuer::new(DEV_ISSUER)?;
         let gateway = Gateway::build(config, vec![issuer.gateway_issuer()?])
             .await
@@ -264,7 +274,7 @@ impl DevEnv {
 }
 
 /// What dev mode prints: a token and two snippets that work as they are.
-pub fn banner(url: &str, jwt: &str, audit: &str) -> String {
+pub fn banner(url: &str, jwt: &str, audit: &str, config: &str) -> String {
     let api = format!("{url}/p/{DEV_PROJECT}/api/");
     format!(
         "\nredcap-gateway dev mode: a fake REDCap with project '{DEV_PROJECT}' is behind {api}\n\n\
@@ -273,6 +283,7 @@ pub fn banner(url: &str, jwt: &str, audit: &str) -> String {
          PyCap 2.7.0 (pip install PyCap==2.7.0):\n\n  python3 -c 'from redcap import Project; \
          p = Project(\"{api}\", \"0\"*32, headers={{\"Authorization\": \"Bearer {jwt}\"}}); print(p.export_records())'\n\n\
          The audit log is {audit} (check it: redcap-gateway verify-audit {audit}).\n\
+         The config is {config}: edit it and the gateway reloads it (or send SIGHUP).\n\
          Ctrl-C stops it.\n",
     )
 }

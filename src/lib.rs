@@ -15,6 +15,7 @@ pub mod layers;
 pub mod policy;
 pub mod ratelimit;
 pub mod redcap;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod stack;

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use redcap_gateway::config::{Config, LogFormat};
+use redcap_gateway::reload::Live;
 use redcap_gateway::server::{self, Gateway};
 
 #[derive(Parser)]
@@ -334,8 +335,15 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-async fn serve(gateway: Arc<Gateway>) -> Result<(), Box<dyn std::error::Error>> {
-    let cfg = &gateway.config.server;
+async fn serve(live: Arc<Live>) -> Result<(), Box<dyn std::error::Error>> {
+    let (cfg, poll) = {
+        let g = live.gateway();
+        (g.config.server.clone(), g.config.vault.reload_interval.0)
+    };
+    // Reload triggers first: SIGHUP's default action would end the process.
+    #[cfg(unix)]
+    live.spawn_sighup()?;
+    live.spawn_watcher(poll);
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     tracing::info!(addr = %server::local_addr(&listener), "serving REDCap API");
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -343,7 +351,7 @@ async fn serve(gateway: Arc<Gateway>) -> Result<(), Box<dyn std::error::Error>> 
         let l = tokio::net::TcpListener::bind(admin).await?;
         tracing::info!(addr = %admin, "admin listener (metrics, healthz, readyz)");
         let mut rx = rx.clone();
-        tokio::spawn(server::run_admin(l, gateway.clone(), async move {
+        tokio::spawn(server::run_admin(l, live.clone(), async move {
             let _ = rx.wait_for(|v| *v).await;
         }));
     }
@@ -351,7 +359,7 @@ async fn serve(gateway: Arc<Gateway>) -> Result<(), Box<dyn std::error::Error>> 
         shutdown_signal().await;
         let _ = tx.send(true);
     };
-    server::run(listener, gateway, sig).await?;
+    server::run_live(listener, live, sig).await?;
     drop(rx);
     Ok(())
 }
@@ -437,7 +445,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                match serve(gw).await {
+                match serve(Live::new(gw, Some(config))).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -459,8 +467,12 @@ fn main() -> ExitCode {
                 let jwt = env
                     .issuer
                     .token("dev-user", &[redcap_gateway::dev::DEV_GROUP]);
-                println!("{}", redcap_gateway::dev::banner(&url, &jwt, &audit));
-                match serve(env.gateway.clone()).await {
+                let config = env.config_path();
+                println!(
+                    "{}",
+                    redcap_gateway::dev::banner(&url, &jwt, &audit, &config.display().to_string())
+                );
+                match serve(Live::new(env.gateway.clone(), Some(config))).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e}");

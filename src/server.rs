@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::Uri;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -23,9 +24,11 @@ use crate::context::PeerAddr;
 use crate::forward::api_uri;
 use crate::http_client::ClientHandle;
 use crate::layers::parse::ParseLimits;
+use crate::layers::step::{Handler, Pipeline};
 use crate::policy::{Policy, ProjectPolicy};
 use crate::ratelimit::RateLimits;
 use crate::redcap::PhpLimits;
+use crate::reload::Live;
 use crate::telemetry::Metrics;
 use crate::vault::{TokenSource, Vault};
 
@@ -36,7 +39,20 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
-/// Everything the request path needs, built once from the config.
+/// Background tasks of a gateway's parts; aborted when the last gateway using them goes.
+#[derive(Default)]
+pub struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Everything the request path needs, built from the config (at start, and again on
+/// each accepted reload: see `reload.rs`).
 pub struct Gateway {
     pub config: Config,
     pub jwt: Arc<JwtVerifier>,
@@ -53,21 +69,57 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
     pub limits_rt: Arc<RateLimits>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Issuers made in code (the dev issuer); a reload keeps them.
+    extra_issuers: Vec<Arc<Issuer>>,
+    /// JWKS refreshes, shared with a reloaded gateway that keeps the same issuers.
+    jwt_tasks: Arc<Tasks>,
+    /// Token file reloads.
+    _tasks: Tasks,
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
+/// The parts of the config a running gateway cannot change (sockets, threads, the audit
+/// chain's sink and key): a reload that changes them keeps the running values.
+pub const RESTART_ONLY: &[&str] = &["server", "audit", "limits.max_header_bytes"];
 
 impl Gateway {
     /// Builds from a config; `extra_issuers` adds issuers made in code (the dev issuer).
     /// Every problem is reported at once, before any socket is bound.
     pub async fn build(config: Config, extra_issuers: Vec<Issuer>) -> Result<Gateway, Vec<String>> {
+        let extra = extra_issuers.into_iter().map(Arc::new).collect();
+        Self::assemble(config, extra, None).await
+    }
+
+    /// The gateway for a new config, for a reload: the audit log, metrics, drain flag and
+    /// (when their settings are unchanged) the in-flight cap, rate-limit state and
+    /// verified issuers carry over. Returns the sections left at their running values
+    /// because they need a restart (`RESTART_ONLY`).
+    pub async fn reconfigured(
+        &self,
+        mut config: Config,
+    ) -> Result<(Gateway, Vec<&'static str>), Vec<String>> {
+        let old = &self.config;
+        let mut kept = Vec::new();
+        if config.server != old.server {
+            kept.push(RESTART_ONLY[0]);
+            config.server = old.server.clone();
+        }
+        if config.audit != old.audit {
+            kept.push(RESTART_ONLY[1]);
+            config.audit = old.audit.clone();
+        }
+        if config.limits.max_header_bytes != old.limits.max_header_bytes {
+            kept.push(RESTART_ONLY[2]);
+            config.limits.max_header_bytes = old.limits.max_header_bytes;
+        }
+        let g = Self::assemble(config, self.extra_issuers.clone(), Some(self)).await?;
+        Ok((g, kept))
+    }
+
+    async fn assemble(
+        config: Config,
+        extra: Vec<Arc<Issuer>>,
+        carry: Option<&Gateway>,
+    ) -> Result<Gateway, Vec<String>> {
         let mut errs = Vec::new();
         let up = &config.upstream;
         let client = ClientHandle::new(&up.client_options());
@@ -80,11 +132,16 @@ impl Gateway {
         };
         let api = api_uri(&up.url).map_err(|e| errs.push(e)).ok();
 
-        let mut issuers = extra_issuers;
-        for (i, cfg) in config.auth.issuers.iter().enumerate() {
-            match Issuer::new(cfg, client.clone()) {
-                Ok(iss) => issuers.push(iss),
-                Err(e) => errs.push(format!("auth.issuers[{i}]: {e}")),
+        // Same issuers: keep the verifier, its keys, its cache and its refreshes.
+        let same_auth = carry.filter(|c| c.config.auth == config.auth);
+        let mut issuers = Vec::new();
+        if same_auth.is_none() {
+            issuers.extend(extra.iter().cloned());
+            for (i, cfg) in config.auth.issuers.iter().enumerate() {
+                match Issuer::new(cfg, client.clone()) {
+                    Ok(iss) => issuers.push(Arc::new(iss)),
+                    Err(e) => errs.push(format!("auth.issuers[{i}]: {e}")),
+                }
             }
         }
         let sources = config
@@ -118,48 +175,45 @@ impl Gateway {
                 Err(e) => errs.push(format!("projects.{name}.grants: {e}")),
             }
         }
-        let metrics = Metrics::new()
-            .map_err(|e| errs.push(format!("metrics: {e}")))
-            .ok();
-        let audit = Audit::start(&config.audit)
-            .map_err(|e| errs.push(format!("audit: {e}")))
-            .ok();
+        let (metrics, audit) = match carry {
+            Some(c) => (Some(c.metrics.clone()), Some(c.audit.clone())),
+            None => {
+                let metrics = Metrics::new()
+                    .map_err(|e| errs.push(format!("metrics: {e}")))
+                    .ok();
+                let audit = Audit::start(&config.audit)
+                    .map_err(|e| errs.push(format!("audit: {e}")))
+                    .ok();
+                if let (Some(m), Some(a)) = (&metrics, &audit) {
+                    m.register(Box::new(a.writes_ok.clone()));
+                    m.register(Box::new(a.writes_failed.clone()));
+                }
+                (metrics.map(Arc::new), audit)
+            }
+        };
         let (Some(client), Some(api), Some(vault), Some(metrics), Some(audit), true) =
             (client, api, vault, metrics, audit, errs.is_empty())
         else {
             return Err(errs);
         };
-        metrics.register(Box::new(audit.writes_ok.clone()));
-        metrics.register(Box::new(audit.writes_failed.clone()));
-        let metrics = Arc::new(metrics);
-        let limits_rt = RateLimits::new(&config.rate_limit, metrics.clone())
-            .await
-            .map_err(|e| vec![format!("rate_limit: {e}")])?;
+        let limits_rt = match carry.filter(|c| c.config.rate_limit == config.rate_limit) {
+            Some(c) => c.limits_rt.clone(),
+            None => Arc::new(
+                RateLimits::new(&config.rate_limit, metrics.clone())
+                    .await
+                    .map_err(|e| vec![format!("rate_limit: {e}")])?,
+            ),
+        };
 
-        let jwt = Arc::new(JwtVerifier::new(issuers));
-        let mut tasks = Vec::new();
-        for iss in jwt.issuers() {
-            if iss.key_count() == 0 {
-                match iss.refresh_now().await {
-                    Ok(n) => tracing::info!(issuer = %iss.issuer, keys = n, "JWKS loaded"),
-                    Err(e) => {
-                        tracing::warn!(issuer = %iss.issuer, error = %e, "JWKS not loaded yet; will retry")
-                    }
-                }
-                let iss = iss.clone();
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        // The IdP's Cache-Control (bounded) or the configured interval.
-                        tokio::time::sleep(iss.next_refresh()).await;
-                        if let Err(e) = iss.refresh_now().await {
-                            tracing::warn!(issuer = %iss.issuer, error = %e, "periodic JWKS refresh failed; keeping last good keys");
-                        }
-                    }
-                }));
+        let (jwt, jwt_tasks) = match same_auth {
+            Some(c) => (c.jwt.clone(), c.jwt_tasks.clone()),
+            None => {
+                let jwt = Arc::new(JwtVerifier::shared(issuers, 10_000));
+                (jwt.clone(), Arc::new(start_jwks_refresh(&jwt).await))
             }
-        }
+        };
         let vault = Arc::new(vault);
-        tasks.push(vault.spawn_reloader(config.vault.reload_interval.0));
+        let mut tasks = vec![vault.spawn_reloader(config.vault.reload_interval.0)];
         if let Some(p) = &personal {
             tasks.push(p.spawn_reloader(config.vault.reload_interval.0));
         }
@@ -178,7 +232,11 @@ impl Gateway {
                 body_timeout: l.body_timeout.0,
             },
         };
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent));
+        // A new cap starts empty: requests admitted under the old one finish under it.
+        let in_flight = match carry.filter(|c| c.limits.max_concurrent == limits.max_concurrent) {
+            Some(c) => c.in_flight.clone(),
+            None => Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
+        };
         Ok(Gateway {
             upstream_timeout: config.upstream.request_timeout.0,
             config,
@@ -189,12 +247,15 @@ impl Gateway {
             client,
             api,
             limits,
-            draining: Arc::new(AtomicBool::new(false)),
+            draining: carry
+                .map_or_else(|| Arc::new(AtomicBool::new(false)), |c| c.draining.clone()),
             in_flight,
             metrics,
             audit,
-            limits_rt: Arc::new(limits_rt),
-            tasks,
+            limits_rt,
+            extra_issuers: extra,
+            jwt_tasks,
+            _tasks: Tasks(tasks),
         })
     }
 
@@ -218,6 +279,33 @@ impl Gateway {
     }
 }
 
+/// Loads the keys of each issuer that has none yet, and keeps them fresh.
+async fn start_jwks_refresh(jwt: &JwtVerifier) -> Tasks {
+    let mut tasks = Vec::new();
+    for iss in jwt.issuers() {
+        if iss.key_count() > 0 {
+            continue;
+        }
+        match iss.refresh_now().await {
+            Ok(n) => tracing::info!(issuer = %iss.issuer, keys = n, "JWKS loaded"),
+            Err(e) => {
+                tracing::warn!(issuer = %iss.issuer, error = %e, "JWKS not loaded yet; will retry")
+            }
+        }
+        let iss = iss.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                // The IdP's Cache-Control (bounded) or the configured interval.
+                tokio::time::sleep(iss.next_refresh()).await;
+                if let Err(e) = iss.refresh_now().await {
+                    tracing::warn!(issuer = %iss.issuer, error = %e, "periodic JWKS refresh failed; keeping last good keys");
+                }
+            }
+        }));
+    }
+    Tasks(tasks)
+}
+
 /// Serves the gateway until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish within the configured grace period.
 ///
@@ -231,17 +319,36 @@ pub async fn run(
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let workers = gateway
-        .config
-        .server
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    run_live(listener, Live::new(gateway, None), shutdown).await
+}
+
+/// `run` for a gateway that reloads: each serving thread follows `live`.
+pub async fn run_live(
+    listener: TcpListener,
+    live: Arc<Live>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    // Held only for what reloads keep (restart-only settings, the drain flag, the audit
+    // log), so a replaced gateway is dropped and its background tasks stop.
+    let (workers, grace, draining, audit) = {
+        let g = live.gateway();
+        let s = &g.config.server;
+        let workers = s
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        (
+            workers,
+            s.shutdown_grace.0,
+            g.draining.clone(),
+            g.audit.clone(),
+        )
+    };
     let listener = listener.into_std()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut done = Vec::new();
     for i in 0..workers {
         let l = listener.try_clone()?;
-        let g = gateway.clone();
+        let g = live.clone();
         let mut stopped = stopped.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
         std::thread::Builder::new()
@@ -261,8 +368,7 @@ pub async fn run(
     }
     drop(listener);
     shutdown.await;
-    gateway.draining.store(true, Ordering::SeqCst);
-    let grace = gateway.config.server.shutdown_grace.0;
+    draining.store(true, Ordering::SeqCst);
     tracing::info!(grace_secs = grace.as_secs(), "draining in-flight requests");
     let _ = stop.send(true);
     let mut result = Ok(());
@@ -272,22 +378,54 @@ pub async fn run(
         }
     }
     // Every record queued by the drained requests reaches the log before we return.
-    if let Err(e) = gateway.audit.flush().await {
+    if let Err(e) = audit.flush().await {
         tracing::error!(error = %e, "audit log not flushed at shutdown");
     }
     result
 }
 
+/// A serving thread's stack, rebuilt (with a fresh upstream pool) when the live gateway's
+/// generation moves on; requests in flight keep the chain they started on.
+struct ThreadStack<H> {
+    generation: AtomicU64,
+    chain: ArcSwap<H>,
+}
+
+impl<H: Handler> ThreadStack<H> {
+    fn current(&self, live: &Live, build: impl Fn(&Gateway) -> Option<Arc<H>>) -> Arc<H> {
+        let generation = live.generation();
+        if generation != self.generation.load(Ordering::Relaxed) {
+            if let Some(chain) = build(&live.gateway()) {
+                self.chain.store(chain);
+            }
+            self.generation.store(generation, Ordering::Relaxed);
+        }
+        self.chain.load_full()
+    }
+}
+
 /// One serving thread: accept, serve, and on shutdown drain within the grace period.
 async fn serve_thread(
     listener: std::net::TcpListener,
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    let client = ClientHandle::new(&gateway.config.upstream.client_options())
-        .map_err(std::io::Error::other)?;
-    let stack = crate::stack::build(&gateway, client);
+    // The generation first: the gateway loaded after it is at least that new.
+    let generation = live.generation();
+    let gateway = live.gateway();
+    let build = |g: &Gateway| match ClientHandle::new(&g.config.upstream.client_options()) {
+        Ok(client) => Some(crate::stack::build(g, client).into_chain()),
+        Err(e) => {
+            tracing::error!(error = %e, "upstream client not rebuilt; keeping the previous stack");
+            None
+        }
+    };
+    let first = build(&gateway).ok_or_else(|| std::io::Error::other("upstream client"))?;
+    let stacks = Arc::new(ThreadStack {
+        generation: AtomicU64::new(generation),
+        chain: ArcSwap::new(first),
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -298,6 +436,8 @@ async fn serve_thread(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
+    let grace = gateway.config.server.shutdown_grace.0;
+    drop(gateway);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -314,12 +454,13 @@ async fn serve_thread(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let stack = stack.clone();
+        let stacks = stacks.clone();
+        let live = live.clone();
         let peer = PeerAddr::new(peer);
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let mut req = req.map(boxed);
             req.extensions_mut().insert(peer.clone());
-            stack.serve(req)
+            Pipeline::serve_owned(stacks.current(&live, build), req)
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
@@ -334,7 +475,7 @@ async fn serve_thread(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(gateway.config.server.shutdown_grace.0) => {
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over; closing remaining connections");
         }
     }
@@ -344,7 +485,7 @@ async fn serve_thread(
 /// The admin listener: `/healthz` (alive) and `/readyz` (tokens and keys loaded).
 pub async fn run_admin(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    live: Arc<Live>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -353,9 +494,9 @@ pub async fn run_admin(
             a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
             _ = &mut shutdown => return Ok(()),
         };
-        let g = gateway.clone();
+        let live = live.clone();
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let g = g.clone();
+            let g = live.gateway();
             async move {
                 let (status, text) = match req.uri().path() {
                     "/metrics" => (200, g.metrics.render()),

@@ -281,7 +281,7 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
     let admin_addr = admin.local_addr().unwrap();
     tokio::spawn(redcap_gateway::server::run_admin(
         admin,
-        gw.env.gateway.clone(),
+        gw.live.clone(),
         std::future::pending(),
     ));
     gw.post("content=record&format=json").await;

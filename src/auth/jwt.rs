@@ -503,11 +503,14 @@ impl JwtVerifier {
     }
 
     pub fn with_cache_capacity(issuers: Vec<Issuer>, capacity: usize) -> Self {
+        Self::shared(issuers.into_iter().map(Arc::new).collect(), capacity)
+    }
+
+    /// A verifier over issuers that may also serve another verifier (a reload keeps
+    /// issuers made in code, with their keys).
+    pub fn shared(issuers: Vec<Arc<Issuer>>, capacity: usize) -> Self {
         JwtVerifier {
-            issuers: issuers
-                .into_iter()
-                .map(|i| (i.issuer.clone(), Arc::new(i)))
-                .collect(),
+            issuers: issuers.into_iter().map(|i| (i.issuer.clone(), i)).collect(),
             cache: TokenCache {
                 entries: Mutex::new(HashMap::new()),
                 capacity: capacity.max(1),

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 pub use values::{Dur, Size};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -34,7 +34,7 @@ pub struct Config {
     pub projects: BTreeMap<String, ProjectConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -68,7 +68,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_urlencoded_body: Size,
@@ -102,7 +102,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// REDCap's base URL; the gateway calls `{url}/api/`.
@@ -147,7 +147,7 @@ fn default_pool_max_idle() -> usize {
     64
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     #[serde(default)]
@@ -166,7 +166,7 @@ pub enum IssuerKind {
     Kubernetes,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     /// Must equal the token's `iss` exactly.
@@ -214,7 +214,7 @@ fn default_jwks_cooldown() -> Dur {
     Dur(Duration::from_secs(30))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
     /// How often token files are checked for changes (Kubernetes replaces them).
@@ -245,7 +245,7 @@ pub enum WhenAuditFails {
     Refuse,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     pub sink: AuditSink,
@@ -277,7 +277,7 @@ impl Default for AuditConfig {
 }
 
 /// A rate: `limit` units per `per`, with bursts up to `burst` (default: limit).
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateConfig {
     pub limit: u32,
@@ -294,7 +294,7 @@ pub enum WhenRedisFails {
     Reject,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     pub per_user: Option<RateConfig>,
@@ -337,7 +337,7 @@ impl Default for RateLimitConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PersonalTokensConfig {
     /// The token file (hashes only); the gateway re-reads it when it changes.
@@ -354,7 +354,7 @@ fn default_token_lifetime() -> Dur {
     Dur(Duration::from_secs(365 * 24 * 3600))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
     /// `env:NAME`, `file:/path` or `dir:/path` (a file named after the project).
@@ -370,7 +370,7 @@ pub struct ProjectConfig {
 }
 
 /// What user-changing calls may do; every default is the strict choice.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UserRulesConfig {
     /// Usernames that may be imported, mapped or deleted (a regex, matched whole).
@@ -426,7 +426,7 @@ pub enum UnknownFields {
 /// (none, deidentified, remove-identifiers, full). Rights left out are not limited.
 /// (Unknown right names are refused by `UserRules::compile`: serde cannot combine
 /// `flatten` with `deny_unknown_fields`.)
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct CeilingsConfig {
     #[serde(flatten)]
     pub numeric: std::collections::BTreeMap<String, i64>,
@@ -460,7 +460,7 @@ impl Default for CeilingsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrantConfig {
     #[serde(default)]
@@ -485,6 +485,24 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
+/// A TOML syntax error by its message and line, without the quoted source line that
+/// toml's own text includes: that line may hold a secret written into the file.
+fn syntax_error(e: &toml::de::Error, text: &str) -> ConfigError {
+    let line = e.span().map(|s| {
+        let at = s.start.min(text.len());
+        text.as_bytes()[..at]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    });
+    let message = e.message().trim_end();
+    ConfigError::Parse(match line {
+        Some(n) => format!("TOML syntax error at line {n}: {message}"),
+        None => format!("TOML syntax error: {message}"),
+    })
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -500,8 +518,7 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut value: toml::Value =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| syntax_error(&e, text))?;
         let mut missing = Vec::new();
         expand_env(&mut value, "", env, &mut missing);
         if !missing.is_empty() {
@@ -833,5 +850,13 @@ mod tests {
         ] {
             assert!(e.contains(needle), "missing {needle} in {e}");
         }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_but_never_quote_it() {
+        let text = format!("{MIN}\n[audit]\nhmac_key = \"k3y-s3cret-value\n");
+        let e = Config::from_toml(&text, &no_env).unwrap_err().to_string();
+        assert!(e.starts_with("TOML syntax error at line 6"), "{e}");
+        assert!(!e.contains("k3y-s3cret"), "the secret was quoted: {e}");
     }
 }

@@ -72,6 +72,10 @@ impl<H> Layer<H> for PipelineLayer {
 pub struct Pipeline<H>(Arc<H>);
 
 impl<H: Handler> Pipeline<H> {
+    pub fn into_chain(self) -> Arc<H> {
+        self.0
+    }
+
     /// The response to a request, as the server wants it: the future owns its reference
     /// to the chain, and is neither boxed nor fallible (an error that escaped the chain,
     /// which rescue prevents, is still answered in REDCap's shape).
@@ -80,13 +84,18 @@ impl<H: Handler> Pipeline<H> {
         req: Req,
     ) -> impl Future<Output = std::result::Result<Resp, std::convert::Infallible>> + Send + 'static
     {
-        let chain = self.0.clone();
-        async move {
-            Ok(match chain.handle(req).await {
-                Ok(resp) => resp,
-                Err(e) => super::rescue::error_response(&e, ReturnFormat::Json),
-            })
-        }
+        Self::serve_owned(self.0.clone(), req)
+    }
+
+    /// `serve` through a chain held elsewhere (a serving thread's current stack).
+    pub async fn serve_owned(
+        chain: Arc<H>,
+        req: Req,
+    ) -> std::result::Result<Resp, std::convert::Infallible> {
+        Ok(match chain.handle(req).await {
+            Ok(resp) => resp,
+            Err(e) => super::rescue::error_response(&e, ReturnFormat::Json),
+        })
     }
 }
 

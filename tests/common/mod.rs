@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,12 +11,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use redcap_gateway::dev::DevEnv;
+use redcap_gateway::reload::Live;
 use redcap_gateway::server;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub struct TestGateway {
     pub env: DevEnv,
+    /// Follows reloads of the dev config file (`env.config_path()`).
+    pub live: Arc<Live>,
     pub addr: SocketAddr,
     pub jwt: String,
     stop: Option<oneshot::Sender<()>>,
@@ -35,8 +39,8 @@ impl TestGateway {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let gw = env.gateway.clone();
-        let done = tokio::spawn(server::run(listener, gw, async move {
+        let live = Live::new(env.gateway.clone(), Some(env.config_path()));
+        let done = tokio::spawn(server::run_live(listener, live.clone(), async move {
             let _ = rx.await;
         }));
         let jwt = env
@@ -44,6 +48,7 @@ impl TestGateway {
             .token("dev-user", &[redcap_gateway::dev::DEV_GROUP]);
         TestGateway {
             env,
+            live,
             addr,
             jwt,
             stop: Some(tx),
