@@ -71,10 +71,12 @@ impl Live {
         let Some(path) = &self.path else {
             return Err(vec!["the gateway was not started from a config file".into()]);
         };
-        let text = tokio::fs::read(path)
-            .await
-            .map_err(|e| vec![format!("{}: {e}", path.display())])?;
-        let digest: [u8; 32] = Sha256::digest(&text).into();
+        let read = tokio::fs::read(path).await;
+        // A file that cannot be read is acted on (logged, counted) once, like bad content.
+        let digest: [u8; 32] = match &read {
+            Ok(text) => Sha256::digest(text).into(),
+            Err(e) => Sha256::digest(format!("\0unreadable: {:?}", e.kind())).into(),
+        };
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if !force && *seen == Some(digest) {
@@ -82,6 +84,14 @@ impl Live {
             }
             *seen = Some(digest);
         }
+        let old_metrics = self.gateway().metrics.clone();
+        let text = read.map_err(|e| {
+            old_metrics
+                .config_reloads
+                .with_label_values(&["config", "error"])
+                .inc();
+            vec![format!("{}: {e}", path.display())]
+        })?;
         let old = self.gateway();
         let result = async {
             let text = String::from_utf8(text).map_err(|_| vec!["not UTF-8".to_string()])?;

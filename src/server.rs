@@ -213,9 +213,11 @@ impl Gateway {
             }
         };
         let vault = Arc::new(vault);
-        let mut tasks = vec![vault.spawn_reloader(config.vault.reload_interval.0)];
+        let every = config.vault.reload_interval.0;
+        let counted = metrics.config_reloads.clone();
+        let mut tasks = vec![vault.spawn_reloader(every, counted.clone())];
         if let Some(p) = &personal {
-            tasks.push(p.spawn_reloader(config.vault.reload_interval.0));
+            tasks.push(p.spawn_reloader(every, counted));
         }
         let l = &config.limits;
         let limits = Limits {

@@ -85,7 +85,7 @@ impl Metrics {
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "redcap_gateway_reloads_total",
-                "Token and key file reloads, by what and result",
+                "Reloads of the config (what=config), project token files (token, one per changed token) and the personal-token file (personal_tokens), by result (ok, error)",
             ),
             &["what", "result"],
         )?;

@@ -22,11 +22,15 @@ fn edit_config(gw: &TestGateway, edit: impl FnOnce(String) -> String) {
 
 /// `redcap_gateway_reloads_total{what="config",result}` as rendered for Prometheus.
 fn reloads(gw: &TestGateway, result: &str) -> u64 {
+    counted(gw, "config", result)
+}
+
+fn counted(gw: &TestGateway, what: &str, result: &str) -> u64 {
     let text = gw.live.gateway().metrics.render();
     text.lines()
         .find(|l| {
             l.starts_with("redcap_gateway_reloads_total{")
-                && l.contains("what=\"config\"")
+                && l.contains(&format!("what=\"{what}\""))
                 && l.contains(&format!("result=\"{result}\""))
         })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -72,6 +76,11 @@ async fn a_valid_config_takes_over_and_a_bad_one_is_rejected_while_the_last_good
     let errs = gw.live.reload(false).await.unwrap_err();
     assert!(errs.iter().any(|e| e.contains("missing.token")), "{errs:?}");
 
+    // A missing file: rejected once, not again on every poll.
+    std::fs::remove_file(gw.env.config_path()).unwrap();
+    assert!(gw.live.reload(false).await.is_err());
+    assert_eq!(gw.live.reload(false).await.unwrap(), Reloaded::Unchanged);
+
     std::fs::write(gw.env.config_path(), &original).unwrap();
     assert!(matches!(
         gw.live.reload(false).await,
@@ -79,7 +88,7 @@ async fn a_valid_config_takes_over_and_a_bad_one_is_rejected_while_the_last_good
     ));
     assert_eq!(gw.post(export).await.status, 200);
     assert_eq!(reloads(&gw, "ok"), 2);
-    assert_eq!(reloads(&gw, "error"), 3);
+    assert_eq!(reloads(&gw, "error"), 4);
 }
 
 #[tokio::test]
@@ -227,4 +236,22 @@ async fn rate_and_body_limits_change_on_reload() {
     assert_eq!(gw.post(export).await.status, 200);
     let r = gw.post(export).await;
     assert_eq!(r.status, 429, "the new per-user rate: {}", r.text());
+}
+
+/// A project token file rotated in place is picked up (dev polls every 2 s) and counted.
+#[tokio::test]
+async fn a_rotated_project_token_is_reloaded_and_counted() {
+    let gw = TestGateway::start().await;
+    let token_file = gw.env.dir.path().join("demo.token");
+    let next = redcap_gateway::dev::random_redcap_token();
+    std::fs::write(&token_file, next.expose()).unwrap();
+    for _ in 0..100 {
+        if counted(&gw, "token", "ok") == 1 {
+            let v = gw.live.gateway().vault.token("demo").unwrap();
+            assert_eq!(v.expose(), next.expose());
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the rotated token was not reloaded within 5 s");
 }

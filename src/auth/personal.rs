@@ -241,14 +241,27 @@ impl PersonalTokens {
         Ok(true)
     }
 
-    pub fn spawn_reloader(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// Reloads every `every`; `counted` is `redcap_gateway_reloads_total`
+    /// (what = "personal_tokens").
+    pub fn spawn_reloader(
+        self: &Arc<Self>,
+        every: Duration,
+        counted: prometheus::IntCounterVec,
+    ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(pt) = weak.upgrade() else { return };
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || pt.reload()).await {
-                    tracing::error!(error = %e, "personal token file not reloaded; keeping the last good one");
+                match tokio::task::spawn_blocking(move || pt.reload()).await {
+                    Ok(Ok(true)) => counted.with_label_values(&["personal_tokens", "ok"]).inc(),
+                    Ok(Err(e)) => {
+                        counted
+                            .with_label_values(&["personal_tokens", "error"])
+                            .inc();
+                        tracing::error!(error = %e, "personal token file not reloaded; keeping the last good one");
+                    }
+                    _ => {}
                 }
             }
         })

@@ -124,6 +124,12 @@ impl Vault {
     /// keeps the last good one and is reported, so a half-written file cannot take a
     /// project down.
     pub fn reload(&self) -> Vec<String> {
+        self.reload_counted().1
+    }
+
+    /// `reload`, also counting the tokens that changed.
+    fn reload_counted(&self) -> (usize, Vec<String>) {
+        let mut changed_tokens = 0;
         let mut problems = Vec::new();
         for (project, e) in &self.entries {
             if matches!(e.source, TokenSource::Env(_)) {
@@ -134,13 +140,14 @@ impl Vault {
                     let changed = e.token.load().as_deref() != Some(&t);
                     if changed {
                         e.token.store(Some(Arc::new(t)));
+                        changed_tokens += 1;
                         tracing::info!(project = %project, "project token reloaded");
                     }
                 }
                 Err(err) => problems.push(format!("{project}: {err}")),
             }
         }
-        problems
+        (changed_tokens, problems)
     }
 
     /// True when every project has a token.
@@ -148,9 +155,12 @@ impl Vault {
         self.entries.values().all(|e| e.token.load().is_some())
     }
 
+    /// Reloads every `every`; `counted` is `redcap_gateway_reloads_total`
+    /// (what = "token": ok per changed token, error per problem).
     pub fn spawn_reloader(
         self: &Arc<Self>,
         every: std::time::Duration,
+        counted: prometheus::IntCounterVec,
     ) -> tokio::task::JoinHandle<()> {
         let vault = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -161,9 +171,17 @@ impl Vault {
                 tick.tick().await;
                 let Some(v) = vault.upgrade() else { return };
                 let v2 = v.clone();
-                let problems = tokio::task::spawn_blocking(move || v2.reload())
+                let (changed, problems) = tokio::task::spawn_blocking(move || v2.reload_counted())
                     .await
                     .unwrap_or_default();
+                counted
+                    .with_label_values(&["token", "ok"])
+                    .inc_by(changed as u64);
+                if !problems.is_empty() {
+                    counted
+                        .with_label_values(&["token", "error"])
+                        .inc_by(problems.len() as u64);
+                }
                 for p in problems {
                     tracing::error!(problem = %p, "token reload failed; keeping the last good token");
                 }
