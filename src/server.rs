@@ -209,6 +209,9 @@ impl Gateway {
             Some(c) => (c.jwt.clone(), c.jwt_tasks.clone()),
             None => {
                 let jwt = Arc::new(JwtVerifier::shared(issuers, 10_000));
+                for iss in jwt.issuers() {
+                    iss.count_fetches_in(metrics.jwks_refreshes.clone());
+                }
                 (jwt.clone(), Arc::new(start_jwks_refresh(&jwt).await))
             }
         };

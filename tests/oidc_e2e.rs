@@ -187,4 +187,18 @@ async fn real_oidc_provider_rotation_and_outage() {
         200,
         "a failed refresh keeps the last good keys"
     );
+    // Each fetch was counted by result: the first load and the rotation, then the failure.
+    let metrics = gw.env.gateway.metrics.render();
+    let count = |result: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("redcap_gateway_jwks_refreshes_total{")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("ok") >= 2, "{metrics}");
+    assert!(count("error") >= 1, "{metrics}");
 }

@@ -150,6 +150,8 @@ pub struct Issuer {
     client: Option<HttpClient>,
     /// JWKS fetches attempted (for readiness, metrics and tests).
     pub fetches: AtomicU64,
+    /// `redcap_gateway_jwks_refreshes_total{result}`, once the gateway has attached it.
+    counted: std::sync::OnceLock<prometheus::IntCounterVec>,
 }
 
 impl Issuer {
@@ -195,6 +197,7 @@ impl Issuer {
             discovered: Mutex::new(None),
             client,
             fetches: AtomicU64::new(0),
+            counted: std::sync::OnceLock::new(),
         })
     }
 
@@ -246,8 +249,22 @@ impl Issuer {
         Ok(jwks)
     }
 
+    /// Counts this issuer's JWKS fetches by result in `counter`.
+    pub fn count_fetches_in(&self, counter: prometheus::IntCounterVec) {
+        let _ = self.counted.set(counter);
+    }
+
     async fn fetch(&self) -> Result<JwkSet, String> {
         self.fetches.fetch_add(1, Ordering::Relaxed);
+        let fetched = self.fetch_uncounted().await;
+        if let Some(c) = self.counted.get() {
+            let result = if fetched.is_ok() { "ok" } else { "error" };
+            c.with_label_values(&[result]).inc();
+        }
+        fetched
+    }
+
+    async fn fetch_uncounted(&self) -> Result<JwkSet, String> {
         let (bytes, max_age) = match &self.source {
             JwksSource::Static(set) => return Ok(set.clone()),
             JwksSource::File(p) => (
