@@ -539,10 +539,8 @@ impl Config {
                 let scheme = uri.scheme_str().unwrap_or("");
                 let host = uri.host().unwrap_or("");
                 if scheme != "https" && scheme != "http" {
-                    errs.push(format!(
-                        "upstream.url must be http(s)://, got {:?}",
-                        self.upstream.url
-                    ));
+                    // The scheme only: a URL may carry credentials.
+                    errs.push(format!("upstream.url must be http(s)://, got {scheme:?}"));
                 }
                 if scheme == "http" && !is_loopback_host(host) && !self.upstream.allow_plain_http {
                     errs.push(
