@@ -255,3 +255,31 @@ async fn a_rotated_project_token_is_reloaded_and_counted() {
     }
     panic!("the rotated token was not reloaded within 5 s");
 }
+
+/// A replaced gateway is freed once nothing uses it, so its background work (token file
+/// polls, JWKS refreshes) stops instead of piling up with every reload.
+#[tokio::test]
+async fn a_replaced_gateway_is_dropped() {
+    let gw = TestGateway::start().await;
+    edit_config(&gw, |t| {
+        t.replace("max_users_per_delete = 5", "max_users_per_delete = 4")
+    });
+    assert!(gw.live.reload(false).await.is_ok());
+    assert_eq!(gw.post("content=record&format=json").await.status, 200);
+    let replaced = std::sync::Arc::downgrade(&gw.live.gateway());
+    edit_config(&gw, |t| {
+        t.replace("max_users_per_delete = 4", "max_users_per_delete = 3")
+    });
+    assert!(gw.live.reload(false).await.is_ok());
+    // Every serving thread moves to the new stack on its next request.
+    for _ in 0..8 {
+        assert_eq!(gw.post("content=record&format=json").await.status, 200);
+    }
+    for _ in 0..100 {
+        if replaced.upgrade().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the replaced gateway is still alive");
+}
