@@ -19,6 +19,8 @@ pub type HttpClient = ClientHandle;
 #[derive(Clone)]
 pub struct ClientHandle {
     pub inner: Client<HttpsConnector<HttpConnector>, Body>,
+    /// The TLS setup (roots loaded once), for siblings with their own pools.
+    tls: rustls::ClientConfig,
 }
 
 pub struct ClientOptions<'a> {
@@ -28,40 +30,55 @@ pub struct ClientOptions<'a> {
     pub pool_max_idle_per_host: usize,
 }
 
+/// rustls with the system's roots plus the configured CA file.
+fn tls_config(opts: &ClientOptions<'_>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = opts.ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("reading CA file {}: {e}", path.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("parsing CA file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("CA file {} holds no certificates", path.display()));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl ClientHandle {
     pub fn new(opts: &ClientOptions<'_>) -> Result<ClientHandle, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            let _ = roots.add(cert);
-        }
-        if let Some(path) = opts.ca_file {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("reading CA file {}: {e}", path.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("parsing CA file {}: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("CA file {} holds no certificates", path.display()));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-            }
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        Ok(Self::with_tls(opts, tls_config(opts)?))
+    }
+
+    /// A client with its own connection pool and the same TLS setup, made without
+    /// reading the system's certificates again (tens of milliseconds): one per serving
+    /// thread, also when a reload rebuilds the threads' stacks.
+    pub fn sibling(&self, opts: &ClientOptions<'_>) -> ClientHandle {
+        Self::with_tls(opts, self.tls.clone())
+    }
+
+    fn with_tls(opts: &ClientOptions<'_>, tls: rustls::ClientConfig) -> ClientHandle {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(opts.connect_timeout));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
@@ -69,7 +86,7 @@ impl ClientHandle {
             .pool_idle_timeout(opts.pool_idle_timeout)
             .pool_max_idle_per_host(opts.pool_max_idle_per_host)
             .build(https);
-        Ok(ClientHandle { inner })
+        ClientHandle { inner, tls }
     }
 
     /// GET a small document (a JWKS, OIDC discovery), bounded in size and time. Returns

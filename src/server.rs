@@ -397,12 +397,10 @@ struct ThreadStack<H> {
 }
 
 impl<H: Handler> ThreadStack<H> {
-    fn current(&self, live: &Live, build: impl Fn(&Gateway) -> Option<Arc<H>>) -> Arc<H> {
+    fn current(&self, live: &Live, build: impl Fn(&Gateway) -> Arc<H>) -> Arc<H> {
         let generation = live.generation();
         if generation != self.generation.load(Ordering::Relaxed) {
-            if let Some(chain) = build(&live.gateway()) {
-                self.chain.store(chain);
-            }
+            self.chain.store(build(&live.gateway()));
             self.generation.store(generation, Ordering::Relaxed);
         }
         self.chain.load_full()
@@ -419,14 +417,12 @@ async fn serve_thread(
     // The generation first: the gateway loaded after it is at least that new.
     let generation = live.generation();
     let gateway = live.gateway();
-    let build = |g: &Gateway| match ClientHandle::new(&g.config.upstream.client_options()) {
-        Ok(client) => Some(crate::stack::build(g, client).into_chain()),
-        Err(e) => {
-            tracing::error!(error = %e, "upstream client not rebuilt; keeping the previous stack");
-            None
-        }
+    // Each thread has its own upstream pool; the TLS setup is the gateway's.
+    let build = |g: &Gateway| {
+        let client = g.client.sibling(&g.config.upstream.client_options());
+        crate::stack::build(g, client).into_chain()
     };
-    let first = build(&gateway).ok_or_else(|| std::io::Error::other("upstream client"))?;
+    let first = build(&gateway);
     let stacks = Arc::new(ThreadStack {
         generation: AtomicU64::new(generation),
         chain: ArcSwap::new(first),
