@@ -283,3 +283,36 @@ async fn a_replaced_gateway_is_dropped() {
     }
     panic!("the replaced gateway is still alive");
 }
+
+/// After a reload, SIGTERM still drains: the drain flag and the in-flight requests of the
+/// new generation are the ones shutdown waits for.
+#[tokio::test]
+async fn shutdown_after_a_reload_still_drains() {
+    let up = slow_ok_upstream(Duration::from_millis(500)).await;
+    let mut gw = TestGateway::start_with(set_first("url", format!("http://{up}"))).await;
+    edit_config(&gw, |t| {
+        t.replace("max_users_per_delete = 5", "max_users_per_delete = 4")
+    });
+    assert!(gw.live.reload(false).await.is_ok());
+    let (api, jwt) = (gw.api(), gw.jwt.clone());
+    let inflight = tokio::spawn(async move {
+        send(form(
+            http::Request::post(api).header("authorization", format!("Bearer {jwt}")),
+            "content=record&format=json",
+        ))
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.shutdown();
+    assert_eq!(
+        inflight.await.unwrap().status,
+        200,
+        "finished while draining"
+    );
+    let done = gw.done.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), done)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
+}
