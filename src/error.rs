@@ -45,6 +45,8 @@ pub enum GatewayError {
     TokenUnavailable,
     #[error("the audit log cannot be written; changes are refused until it can")]
     AuditUnavailable,
+    #[error("the personal-token file cannot be written; retry shortly")]
+    TokenStoreUnavailable,
     #[error("rate limit reached ({limit}); retry in {retry_after_secs} s")]
     RateLimited {
         limit: &'static str,
@@ -68,9 +70,11 @@ impl GatewayError {
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Overloaded | ShuttingDown | TokenUnavailable | AuditUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Overloaded
+            | ShuttingDown
+            | TokenUnavailable
+            | AuditUnavailable
+            | TokenStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -80,7 +84,11 @@ impl GatewayError {
     pub fn side(&self) -> Side {
         use GatewayError::*;
         match self {
-            Overloaded | ShuttingDown | TokenUnavailable | AuditUnavailable => Side::Gateway,
+            Overloaded
+            | ShuttingDown
+            | TokenUnavailable
+            | AuditUnavailable
+            | TokenStoreUnavailable => Side::Gateway,
             UpstreamUnreachable | UpstreamTimeout => Side::Upstream,
             _ => Side::Client,
         }
@@ -103,6 +111,7 @@ impl GatewayError {
             ShuttingDown => "shutting_down",
             TokenUnavailable => "token_unavailable",
             AuditUnavailable => "audit_unavailable",
+            TokenStoreUnavailable => "token_store_unavailable",
             RateLimited { .. } => "rate_limited",
             UpstreamUnreachable => "upstream_unreachable",
             UpstreamTimeout => "upstream_timeout",

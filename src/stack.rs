@@ -19,6 +19,7 @@ use crate::layers::rate_limit::RateLimitLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::Route;
+use crate::layers::self_service::SelfServiceLayer;
 use crate::layers::step::{Handler, Pipeline, PipelineLayer};
 use crate::layers::vault::Inject;
 use crate::server::Gateway;
@@ -33,8 +34,13 @@ pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> Pipeline<
         .layer(ObserveLayer::new(g.audit.clone(), g.metrics.clone()))
         .layer(RescueLayer)
         .layer(LimitsLayer::new(g.in_flight.clone(), g.draining.clone()))
-        .layer(Route::layer(g.project_names()))
+        .layer(Route::layer(g.project_names(), g.self_service()))
         .layer(Authenticate::layer(g.jwt.clone(), g.personal.is_some()))
+        .layer(SelfServiceLayer::new(
+            g.config.personal_tokens.as_ref(),
+            g.personal.clone(),
+            g.policy.clone(),
+        ))
         .layer(Parse::layer(g.limits.parse))
         .layer(ResolveCredential::layer(g.personal.clone()))
         .layer(Authorize::layer(g.policy.clone()))

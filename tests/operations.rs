@@ -409,7 +409,7 @@ fn the_upstream_cap_holds_for_many_users_on_a_fake_clock() {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let user = format!("u{}", seed % 200);
-            let cost = if seed % 10 == 0 { 5 } else { 1 };
+            let cost = if seed.is_multiple_of(10) { 5 } else { 1 };
             if per_user.check_now(&user, cost).is_ok() && upstream.check_now("all", cost).is_ok() {
                 for _ in 0..cost {
                     allowed_at.push(now);

@@ -137,25 +137,49 @@ pub fn issue(
     expires: Option<&str>,
     note: &str,
 ) -> Result<(Secret, TokenRecord), String> {
-    if user.is_empty() || user.len() > 256 {
-        return Err("--user must be 1 to 256 characters".into());
-    }
+    let expires_at = expiry(expires, cfg.max_lifetime.0, "personal_tokens.max_lifetime")
+        .map_err(|e| format!("--expires: {e}"))?;
+    issue_at(cfg, user, project, groups, expires_at, note, None)?
+        .map_err(|live| format!("{user} already holds {live} tokens for {project}"))
+}
+
+/// When a token asked to expire on `date` (`YYYY-MM-DD`, the end of that day, UTC)
+/// stops working; None means as late as `longest` allows. `what` names the limit.
+pub fn expiry(date: Option<&str>, longest: Duration, what: &str) -> Result<u64, String> {
     let now = now_unix();
-    let latest = now + cfg.max_lifetime.0.as_secs();
-    let expires_at = match expires {
-        Some(d) => {
-            end_of_day(d).ok_or_else(|| format!("--expires {d:?} is not a date (YYYY-MM-DD)"))?
-        }
+    let latest = now + longest.as_secs();
+    let expires_at = match date {
+        Some(d) => end_of_day(d).ok_or_else(|| format!("{d:?} is not a date (YYYY-MM-DD)"))?,
         None => latest,
     };
     if expires_at <= now {
-        return Err("--expires is in the past".into());
+        return Err("the date is in the past".into());
     }
+    // A date is the end of a day: allow the day `latest` falls on.
     if expires_at > latest + 86_400 {
         return Err(format!(
-            "--expires is further ahead than personal_tokens.max_lifetime ({})",
-            humantime::format_duration(cfg.max_lifetime.0)
+            "the date is further ahead than {what} ({})",
+            humantime::format_duration(longest)
         ));
+    }
+    Ok(expires_at)
+}
+
+/// Issues a token that expires at `expires_at` (Unix seconds). With `max_live`, refuses
+/// (inner `Err`, with the count) when the user already holds that many unexpired tokens
+/// for the project. The file is changed under its lock, so concurrent issuers (the CLI,
+/// self-service, replicas sharing the file) never lose each other's tokens.
+pub fn issue_at(
+    cfg: &PersonalTokensConfig,
+    user: &str,
+    project: &str,
+    groups: Vec<String>,
+    expires_at: u64,
+    note: &str,
+    max_live: Option<usize>,
+) -> Result<Result<(Secret, TokenRecord), usize>, String> {
+    if user.is_empty() || user.len() > 256 {
+        return Err("the user name must be 1 to 256 characters".into());
     }
     let token = crate::dev::random_redcap_token();
     let mut id_bytes = [0u8; 6];
@@ -171,11 +195,23 @@ pub fn issue(
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         note: note.to_string(),
     };
-    let mut file = read_file(&cfg.file)?;
-    file.version = 1;
-    file.tokens.push(record.clone());
-    write_file(&cfg.file, &file)?;
-    Ok((token, record))
+    with_locked_file(&cfg.file, |file| {
+        if let Some(max) = max_live {
+            let now = now_unix();
+            let live = file
+                .tokens
+                .iter()
+                .filter(|t| t.user == user && t.project == project && t.expires_at > now)
+                .count();
+            if live >= max {
+                return Ok((false, Err(live)));
+            }
+        }
+        file.version = 1;
+        file.tokens.push(record.clone());
+        Ok((true, Ok(())))
+    })
+    .map(|r| r.map(|()| (token, record)))
 }
 
 pub fn list(cfg: &PersonalTokensConfig) -> Result<Vec<TokenRecord>, String> {
@@ -184,14 +220,40 @@ pub fn list(cfg: &PersonalTokensConfig) -> Result<Vec<TokenRecord>, String> {
 
 /// Removes a token by id; true when it existed.
 pub fn revoke(cfg: &PersonalTokensConfig, id: &str) -> Result<bool, String> {
-    let mut file = read_file(&cfg.file)?;
-    let before = file.tokens.len();
-    file.tokens.retain(|t| t.id != id);
-    if file.tokens.len() == before {
-        return Ok(false);
+    with_locked_file(&cfg.file, |file| {
+        let before = file.tokens.len();
+        file.tokens.retain(|t| t.id != id);
+        let removed = file.tokens.len() != before;
+        Ok((removed, removed))
+    })
+}
+
+/// Reads the token file, lets `change` edit it (it returns whether it did, and a result),
+/// and writes it back if changed, all under an exclusive lock on `FILE.lock`.
+fn with_locked_file<T>(
+    path: &Path,
+    change: impl FnOnce(&mut TokenFile) -> Result<(bool, T), String>,
+) -> Result<T, String> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
     }
-    write_file(&cfg.file, &file)?;
-    Ok(true)
+    let lock = open
+        .open(&lock_path)
+        .map_err(|e| format!("{}.lock: {}", path.display(), e.kind()))?;
+    lock.lock()
+        .map_err(|e| format!("{}.lock: {}", path.display(), e.kind()))?;
+    let mut file = read_file(path)?;
+    let (changed, out) = change(&mut file)?;
+    if changed {
+        write_file(path, &file)?;
+    }
+    Ok(out)
 }
 
 /// The running gateway's view of the token file, reloaded when it changes.
@@ -315,6 +377,9 @@ mod tests {
             file: dir.join("tokens.json"),
             key: Secret::new("k".repeat(32)),
             max_lifetime: Dur(Duration::from_secs(30 * 86_400)),
+            self_service: false,
+            self_service_max_lifetime: Dur(Duration::from_secs(7 * 86_400)),
+            self_service_max_per_user: 1,
         }
     }
 

@@ -348,10 +348,28 @@ pub struct PersonalTokensConfig {
     /// Longest lifetime `token issue` accepts; tokens without --expires get this.
     #[serde(default = "default_token_lifetime")]
     pub max_lifetime: Dur,
+    /// Self-service: a user signed in with SSO gets their own token for a project they
+    /// hold a grant on, with `POST /p/{project}/tokens` and their Bearer JWT.
+    #[serde(default)]
+    pub self_service: bool,
+    /// Longest lifetime of a self-issued token; those without `expires` get this.
+    #[serde(default = "default_self_service_lifetime")]
+    pub self_service_max_lifetime: Dur,
+    /// Most unexpired tokens one user may hold for one project (self-service only).
+    #[serde(default = "default_self_service_per_user")]
+    pub self_service_max_per_user: usize,
 }
 
 fn default_token_lifetime() -> Dur {
     Dur(Duration::from_secs(365 * 24 * 3600))
+}
+
+fn default_self_service_lifetime() -> Dur {
+    Dur(Duration::from_secs(90 * 24 * 3600))
+}
+
+fn default_self_service_per_user() -> usize {
+    5
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -653,6 +671,14 @@ impl Config {
         if let Some(pt) = &self.personal_tokens {
             if pt.key.expose().len() < 32 {
                 errs.push("personal_tokens.key must be at least 32 characters".into());
+            }
+            if pt.self_service_max_lifetime.0 > pt.max_lifetime.0
+                || pt.self_service_max_lifetime.0 < Duration::from_secs(86_400)
+            {
+                errs.push("personal_tokens.self_service_max_lifetime must be at least a day and at most max_lifetime".into());
+            }
+            if pt.self_service_max_per_user == 0 {
+                errs.push("personal_tokens.self_service_max_per_user must be at least 1".into());
             }
         }
         for (name, p) in &self.projects {

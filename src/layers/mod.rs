@@ -12,6 +12,7 @@ pub mod rate_limit;
 pub mod request_id;
 pub mod rescue;
 pub mod route;
+pub mod self_service;
 pub mod step;
 pub mod vault;
 

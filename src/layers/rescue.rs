@@ -49,7 +49,8 @@ pub fn error_response(err: &GatewayError, format: ReturnFormat) -> Resp {
         GatewayError::Overloaded
         | GatewayError::ShuttingDown
         | GatewayError::TokenUnavailable
-        | GatewayError::AuditUnavailable => {
+        | GatewayError::AuditUnavailable
+        | GatewayError::TokenStoreUnavailable => {
             h.insert(RETRY_AFTER, HeaderValue::from_static("5"));
         }
         GatewayError::RateLimited {
@@ -110,6 +111,7 @@ mod tests {
             (GatewayError::UpstreamUnreachable, 502),
             (GatewayError::UpstreamTimeout, 504),
             (GatewayError::AuditUnavailable, 503),
+            (GatewayError::TokenStoreUnavailable, 503),
             (
                 GatewayError::RateLimited {
                     limit: "user",

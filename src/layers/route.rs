@@ -1,5 +1,6 @@
 //! Route: only `POST /p/{project}/api/` (and `POST /api/` with an `X-Redcap-Project`
-//! header). The query string is never used or forwarded.
+//! header), plus `POST /p/{project}/tokens` when self-service personal tokens are on.
+//! The query string is never used or forwarded.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,34 +18,48 @@ pub const PROJECT_HEADER: &str = "x-redcap-project";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProjectName(pub Arc<str>);
 
+/// Marks a request for the self-service token endpoint (`layers/self_service.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenEndpoint;
+
 #[derive(Clone)]
 pub struct Route {
     /// The configured names, shared by every request for them (no copy per request).
     projects: Arc<HashSet<Arc<str>>>,
+    /// Whether `/p/{project}/tokens` exists.
+    tokens: bool,
 }
 
 pub type RouteLayer = StepLayer<Route>;
 
 impl Route {
-    pub fn layer(projects: impl IntoIterator<Item = String>) -> RouteLayer {
+    /// `tokens`: serve the self-service token endpoint too.
+    pub fn layer(projects: impl IntoIterator<Item = String>, tokens: bool) -> RouteLayer {
         StepLayer(Route {
             projects: Arc::new(projects.into_iter().map(Arc::from).collect()),
+            tokens,
         })
     }
 
-    fn project_from_path<'a>(&self, path: &'a str) -> Option<Option<&'a str>> {
+    /// The project named by the path (None for `/api/`), and whether it is the token
+    /// endpoint.
+    fn project_from_path<'a>(&self, path: &'a str) -> Option<(Option<&'a str>, bool)> {
         if path == "/api/" || path == "/api" {
-            return Some(None);
+            return Some((None, false));
         }
         let rest = path.strip_prefix("/p/")?;
         let (project, tail) = rest.split_once('/')?;
-        (tail == "api/" || tail == "api").then_some(Some(project))
+        match tail {
+            "api/" | "api" => Some((Some(project), false)),
+            "tokens" if self.tokens => Some((Some(project), true)),
+            _ => None,
+        }
     }
 }
 
 impl Step for Route {
     async fn apply(&self, mut req: Req) -> Result<Req> {
-        let Some(from_path) = self.project_from_path(req.uri().path()) else {
+        let Some((from_path, token_endpoint)) = self.project_from_path(req.uri().path()) else {
             return Err(GatewayError::NotFound);
         };
         if req.method() != Method::POST {
@@ -69,6 +84,9 @@ impl Step for Route {
             let _ = ctx.project.set(project.clone());
         }
         req.extensions_mut().insert(ProjectName(project));
+        if token_endpoint {
+            req.extensions_mut().insert(TokenEndpoint);
+        }
         Ok(req)
     }
 }
@@ -81,6 +99,7 @@ mod tests {
     fn route(method: &str, uri: &str) -> Result<Req> {
         let r = Route {
             projects: Arc::new([Arc::from("demo")].into_iter().collect()),
+            tokens: true,
         };
         let req = http::Request::builder()
             .method(method)
@@ -110,6 +129,13 @@ mod tests {
             Err(GatewayError::NotFound)
         ));
         assert!(matches!(route("POST", "/"), Err(GatewayError::NotFound)));
+        let tokens = route("POST", "/p/demo/tokens").unwrap();
+        assert!(tokens.extensions().get::<TokenEndpoint>().is_some());
+        assert!(ok.extensions().get::<TokenEndpoint>().is_none());
+        assert!(matches!(
+            route("POST", "/p/demo/tokens/x"),
+            Err(GatewayError::NotFound)
+        ));
         // The project may come from a personal token later.
         assert!(route("POST", "/api/")
             .unwrap()

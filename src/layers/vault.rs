@@ -95,7 +95,7 @@ pub fn rewrite_urlencoded(
 
 /// Bytes that hold the project's token: their memory is wiped when hyper lets go of them
 /// (written, or the call dropped), not left for the allocator to hand out again.
-fn wiped(b: Vec<u8>) -> Bytes {
+pub(crate) fn wiped(b: Vec<u8>) -> Bytes {
     Bytes::from_owner(zeroize::Zeroizing::new(b))
 }
 

@@ -141,6 +141,16 @@ struct Grant {
     permissions: Vec<Permission>,
 }
 
+impl Grant {
+    fn applies_to(&self, who: &Principal) -> bool {
+        self.users.contains(&who.user)
+            || self
+                .groups
+                .iter()
+                .any(|grp| who.groups.iter().any(|mine| mine == grp))
+    }
+}
+
 /// One project's compiled policy.
 pub struct ProjectPolicy {
     grants: Vec<Grant>,
@@ -179,6 +189,11 @@ impl ProjectPolicy {
         })
     }
 
+    /// True when some grant names `who` (by user or group), whatever it allows.
+    pub fn names(&self, who: &Principal) -> bool {
+        self.grants.iter().any(|g| g.applies_to(who))
+    }
+
     /// Default deny: a grant naming the caller must allow the call; then calls that
     /// change users, roles or DAGs must pass the user rules, every row of them.
     pub fn decide(&self, who: &Principal, call: &RedcapCall, now: u64) -> Decision {
@@ -197,13 +212,7 @@ impl ProjectPolicy {
             on: explain,
             lines: Vec::new(),
         };
-        let applies = |g: &Grant| {
-            g.users.contains(&who.user)
-                || g.groups
-                    .iter()
-                    .any(|grp| who.groups.iter().any(|mine| mine == grp))
-        };
-        let allowed = self.grants.iter().filter(|g| applies(g)).any(|g| {
+        let allowed = self.grants.iter().filter(|g| g.applies_to(who)).any(|g| {
             g.permissions
                 .iter()
                 .any(|p| p.allows(call.content, call.operation))
@@ -301,6 +310,11 @@ pub struct Policy {
 impl Policy {
     pub fn new(projects: HashMap<String, ProjectPolicy>) -> Self {
         Policy { projects }
+    }
+
+    /// True when a grant of `project` names `who` (self-service tokens need one).
+    pub fn names(&self, project: &str, who: &Principal) -> bool {
+        self.projects.get(project).is_some_and(|p| p.names(who))
     }
 
     pub fn decide(&self, project: &str, who: &Principal, call: &RedcapCall) -> Decision {
