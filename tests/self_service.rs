@@ -181,3 +181,75 @@ async fn concurrent_issues_all_land_in_the_file() {
     let listed = redcap_gateway::auth::personal::list(&cfg).unwrap();
     assert_eq!(listed.len(), users.len(), "{listed:?}");
 }
+
+/// Users list and revoke their own tokens, and only their own; a revoked token is refused
+/// from the next request on.
+#[tokio::test]
+async fn users_list_and_revoke_their_own_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_with(with_self_service(dir.path(), "")).await;
+    let bearer = format!("Bearer {}", gw.jwt);
+    let issued = ask(&gw, Some(&bearer), "note=ci").await.json();
+    let (token, id) = (
+        issued["token"].as_str().unwrap().to_string(),
+        issued["id"].as_str().unwrap().to_string(),
+    );
+    let other = gw
+        .env
+        .issuer
+        .token("colleague", &[redcap_gateway::dev::DEV_GROUP]);
+    let theirs = ask(&gw, Some(&format!("Bearer {other}")), "").await.json();
+
+    let listed = ask(&gw, Some(&bearer), "action=list").await;
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let listed = listed.json();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "only my own: {listed:?}");
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["note"], "ci");
+    assert_eq!(listed[0]["expired"], false);
+    let text = serde_json::to_string(listed).unwrap();
+    assert!(!text.contains(&token) && !text.contains("hash"), "{text}");
+
+    // Someone else's id is not mine to revoke; an unknown one neither.
+    let r = ask(
+        &gw,
+        Some(&bearer),
+        &format!("action=revoke&id={}", theirs["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        ask(&gw, Some(&bearer), "action=revoke&id=pt_000000000000")
+            .await
+            .status,
+        400
+    );
+    assert_eq!(ask(&gw, Some(&bearer), "action=revoke").await.status, 400);
+    assert_eq!(ask(&gw, Some(&bearer), "action=steal").await.status, 400);
+
+    let export = || {
+        send(form(
+            Request::post(gw.api()),
+            &format!("token={token}&content=record&format=json"),
+        ))
+    };
+    assert_eq!(export().await.status, 200);
+    let r = ask(&gw, Some(&bearer), &format!("action=revoke&id={id}")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["revoked"], id.as_str());
+    assert_eq!(export().await.status, 401, "refused at once");
+    // The colleague's token is untouched.
+    let cfg = gw.env.gateway.config.personal_tokens.clone().unwrap();
+    let left = redcap_gateway::auth::personal::list(&cfg).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].user, "colleague");
+    gw.env.gateway.audit.flush().await.unwrap();
+    let audit = std::fs::read_to_string(gw.env.dir.path().join("audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"action\":\"revoke\"") && l.contains(&format!("{id}: revoked"))),
+        "{audit}"
+    );
+}

@@ -228,6 +228,23 @@ pub fn revoke(cfg: &PersonalTokensConfig, id: &str) -> Result<bool, String> {
     })
 }
 
+/// Removes a token by id if it belongs to `user` on `project` (self-service); true when
+/// it did.
+pub fn revoke_own(
+    cfg: &PersonalTokensConfig,
+    id: &str,
+    user: &str,
+    project: &str,
+) -> Result<bool, String> {
+    with_locked_file(&cfg.file, |file| {
+        let before = file.tokens.len();
+        file.tokens
+            .retain(|t| !(t.id == id && t.user == user && t.project == project));
+        let removed = file.tokens.len() != before;
+        Ok((removed, removed))
+    })
+}
+
 /// Reads the token file, lets `change` edit it (it returns whether it did, and a result),
 /// and writes it back if changed, all under an exclusive lock on `FILE.lock`.
 fn with_locked_file<T>(
