@@ -309,10 +309,5 @@ async fn shutdown_after_a_reload_still_drains() {
         200,
         "finished while draining"
     );
-    let done = gw.done.take().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), done)
-        .await
-        .expect("server stops")
-        .unwrap()
-        .unwrap();
+    gw.stopped().await;
 }

@@ -70,6 +70,16 @@ impl TestGateway {
         }
     }
 
+    /// Waits (at most 5 s) for the server to stop after `shutdown`.
+    pub async fn stopped(&mut self) {
+        let done = self.done.take().expect("not awaited before");
+        tokio::time::timeout(Duration::from_secs(5), done)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+
     pub fn token(&self) -> &str {
         self.env.project_token.expose()
     }
