@@ -92,6 +92,14 @@ impl<S: Handler> Handler for SelfService<S> {
     }
 }
 
+/// Who asks, for which project, and the request's context.
+#[derive(Clone, Copy)]
+struct Caller<'a> {
+    ctx: Option<&'a Arc<RequestContext>>,
+    who: &'a Principal,
+    project: &'a Arc<str>,
+}
+
 /// The fields of a token request (all optional).
 struct Form {
     action: Option<String>,
@@ -163,20 +171,20 @@ impl State {
             }
         };
         summarize(ctx, action);
+        let caller = Caller {
+            ctx,
+            who: &who,
+            project: &project,
+        };
         match action {
-            "list" => self.list(&who, &project).await,
-            "revoke" => self.revoke(ctx, &who, &project, form).await,
-            _ => self.issue(ctx, &who, &project, form).await,
+            "list" => self.list(caller).await,
+            "revoke" => self.revoke(caller, form).await,
+            _ => self.issue(caller, form).await,
         }
     }
 
-    async fn issue(
-        &self,
-        ctx: Option<&Arc<RequestContext>>,
-        who: &Principal,
-        project: &Arc<str>,
-        form: Form,
-    ) -> Result<Resp> {
+    async fn issue(&self, caller: Caller<'_>, form: Form) -> Result<Resp> {
+        let Caller { ctx, who, project } = caller;
         let deny = |reason: String| {
             decide(ctx, false, vec![reason.clone()], Effect::default());
             GatewayError::Forbidden(reason)
@@ -231,7 +239,8 @@ impl State {
         })))
     }
 
-    async fn list(&self, who: &Principal, project: &str) -> Result<Resp> {
+    async fn list(&self, caller: Caller<'_>) -> Result<Resp> {
+        let Caller { who, project, .. } = caller;
         let cfg = self.cfg.clone();
         let records = tokio::task::spawn_blocking(move || personal::list(&cfg))
             .await
@@ -240,7 +249,7 @@ impl State {
         let now = personal::now_unix();
         let mine: Vec<_> = records
             .iter()
-            .filter(|t| t.user == who.user && t.project == project)
+            .filter(|t| t.user == who.user && *t.project == **project)
             .map(|t| {
                 serde_json::json!({
                     "id": t.id,
@@ -254,13 +263,8 @@ impl State {
         Ok(json(&serde_json::Value::Array(mine)))
     }
 
-    async fn revoke(
-        &self,
-        ctx: Option<&Arc<RequestContext>>,
-        who: &Principal,
-        project: &Arc<str>,
-        form: Form,
-    ) -> Result<Resp> {
+    async fn revoke(&self, caller: Caller<'_>, form: Form) -> Result<Resp> {
+        let Caller { ctx, who, project } = caller;
         let id = form
             .id
             .filter(|id| !id.is_empty())
