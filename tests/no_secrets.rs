@@ -34,7 +34,20 @@ async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
         .with_ansi(false)
         .init();
 
-    let gw = TestGateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hmac_key = "hmac-key-never-logged-0123456789abcdef";
+    let section = format!(
+        "\n[personal_tokens]\nfile = \"{}\"\nkey = \"{hmac_key}\"\nself_service = true\n",
+        dir.path().join("tokens.json").display()
+    );
+    let gw = TestGateway::start_with(move |t| {
+        t.replacen(
+            "\n[projects.demo]",
+            &format!("{section}\n[projects.demo]"),
+            1,
+        )
+    })
+    .await;
     let valid_jwt = gw.jwt.clone();
     let project_token = gw.token().to_string();
     let personal = "ABCDEF0123456789ABCDEF0123456789";
@@ -78,6 +91,37 @@ async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
         )
         .await,
     );
+    // A self-issued token: used, listed, revoked, refused. Only its issuing answer
+    // (not an error body) may hold it.
+    let tokens = |body: String| {
+        send(form(
+            Request::post(gw.url("/p/demo/tokens"))
+                .header("authorization", format!("Bearer {}", gw.jwt)),
+            &body,
+        ))
+    };
+    let issued = tokens(String::new()).await.json();
+    let self_issued = issued["token"].as_str().unwrap().to_string();
+    let id = issued["id"].as_str().unwrap().to_string();
+    let with_token = |t: String| {
+        send(form(
+            Request::post(gw.api()),
+            &format!("token={t}&content=record&format=json"),
+        ))
+    };
+    push(with_token(self_issued.clone()).await);
+    push(tokens("action=list".into()).await);
+    push(tokens(format!("action=revoke&id={id}")).await);
+    push(with_token(self_issued.clone()).await);
+    // A reload rejected for a syntax error on a line holding a literal secret.
+    let config = gw.env.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[bad]\nsecret = \"literal-secret-in-config-0123456789\n"),
+    )
+    .unwrap();
+    gw.live.reload_and_log(true, "test").await;
     // The upstream refuses the token: REDCap's 403 body must pass through without it.
     gw.env.fake.add_project(
         "unused",
@@ -88,6 +132,10 @@ async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
     assert!(logs.contains("handled"), "logs were captured");
+    assert!(
+        logs.contains("config reload rejected"),
+        "the rejection was logged"
+    );
     let all = format!("{logs}\n{}", bodies.join("\n"));
     let jwt_signature = |t: &str| t.rsplit('.').next().unwrap().to_string();
     let secrets = [
@@ -96,6 +144,12 @@ async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
         ("personal token", personal.to_string()),
         ("expired jwt signature", jwt_signature(&expired)),
         ("wrong-aud jwt signature", jwt_signature(&wrong_aud)),
+        ("self-issued personal token", self_issued),
+        ("personal-token HMAC key", hmac_key.to_string()),
+        (
+            "literal secret in a rejected config",
+            "literal-secret-in-config-0123456789".to_string(),
+        ),
     ];
     for (what, s) in secrets {
         assert!(s.len() >= 32, "{what}: nothing to scan for");
