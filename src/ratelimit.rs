@@ -364,6 +364,17 @@ impl RateLimits {
         }
     }
 
+    /// Charges `cost` to the user's own rate only (`per_user`): for the gateway's own
+    /// endpoints, which send nothing to REDCap.
+    pub async fn charge_user(&self, user: &str, cost: u32) -> Result<(), Refusal> {
+        match &self.user {
+            Some(l) => check(l.as_ref(), user, cost)
+                .await
+                .map_err(|w| self.refuse("user", w)),
+            None => Ok(()),
+        }
+    }
+
     /// Checks every limit for a call; on success the returned permit must be held until
     /// the call is done.
     pub async fn admit(&self, user: &str, project: &str, cost: u32) -> Result<Permit, Refusal> {

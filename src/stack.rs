@@ -40,6 +40,7 @@ pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> Pipeline<
             g.config.personal_tokens.as_ref(),
             g.personal.clone(),
             g.policy.clone(),
+            g.limits_rt.clone(),
         ))
         .layer(Parse::layer(g.limits.parse))
         .layer(ResolveCredential::layer(g.personal.clone()))

@@ -143,8 +143,9 @@ async fn only_granted_sso_users_within_the_limits_get_tokens() {
 #[tokio::test]
 async fn self_service_is_off_unless_configured() {
     let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
     let gw = TestGateway::start_with(move |t| {
-        with_self_service(dir.path(), "")(t).replace("self_service = true", "self_service = false")
+        with_self_service(&path, "")(t).replace("self_service = true", "self_service = false")
     })
     .await;
     let r = ask(&gw, Some(&format!("Bearer {}", gw.jwt)), "").await;
@@ -252,4 +253,26 @@ async fn users_list_and_revoke_their_own_tokens() {
             .any(|l| l.contains("\"action\":\"revoke\"") && l.contains(&format!("{id}: revoked"))),
         "{audit}"
     );
+}
+
+/// Token calls are charged to the caller's own rate (`rate_limit.per_user`).
+#[tokio::test]
+async fn token_calls_count_against_the_users_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let gw = TestGateway::start_with(move |t| {
+        with_self_service(&path, "")(t).replacen(
+            "[upstream]",
+            "[rate_limit]\nper_user = { limit = 2, per = \"1m\" }\nmutating_cost = 1\n\n[upstream]",
+            1,
+        )
+    })
+    .await;
+    let bearer = format!("Bearer {}", gw.jwt);
+    let r = ask(&gw, Some(&bearer), "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ask(&gw, Some(&bearer), "action=list").await.status, 200);
+    let r = ask(&gw, Some(&bearer), "action=list").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.headers.contains_key("retry-after"));
 }

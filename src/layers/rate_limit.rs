@@ -59,21 +59,26 @@ impl<S: Handler> Handler for RateLimit<S> {
             let cost = if mutating { limits.mutating_cost } else { 1 };
             // The permit (concurrency caps) is held until REDCap's answer has been sent on:
             // the request context keeps it until the response body is done.
-            let permit = match limits.admit(user, project, cost).await {
-                Ok(p) => p,
-                Err(Refusal::Limited { limit, retry_after }) => {
-                    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                    return Err(GatewayError::RateLimited {
-                        limit,
-                        retry_after_secs: secs.max(1),
-                    });
-                }
-                Err(Refusal::Unavailable) => return Err(GatewayError::Overloaded),
-            };
+            let permit = limits.admit(user, project, cost).await.map_err(refused)?;
             // (Alone, without the outer layers, the context goes with the request: the
             // permit is then held until the response head.)
             let _ = RequestContext::of(&mut req).concurrency.set(permit);
             next.handle(req).await
         }
+    }
+}
+
+/// A refusal as the client sees it: 429 with the wait, or 503 when the limits cannot be
+/// checked.
+pub fn refused(r: Refusal) -> GatewayError {
+    match r {
+        Refusal::Limited { limit, retry_after } => {
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            GatewayError::RateLimited {
+                limit,
+                retry_after_secs: secs.max(1),
+            }
+        }
+        Refusal::Unavailable => GatewayError::Overloaded,
     }
 }

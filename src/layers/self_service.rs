@@ -28,6 +28,7 @@ use crate::config::PersonalTokensConfig;
 use crate::context::{CallSummary, RequestContext};
 use crate::error::GatewayError;
 use crate::policy::{Decision, Effect, Policy};
+use crate::ratelimit::RateLimits;
 use crate::redcap::php_form::{parse_urlencoded, PhpLimits, PhpValue};
 
 /// The form is a few short fields.
@@ -42,6 +43,9 @@ struct State {
     cfg: PersonalTokensConfig,
     tokens: Arc<PersonalTokens>,
     policy: Arc<Policy>,
+    /// Each call is charged to the user's own rate (`rate_limit.per_user`): a change
+    /// of the file costs `mutating_cost`, a list 1.
+    limits: Arc<RateLimits>,
     /// One change of the file at a time in this process (its lock covers the others).
     writing: tokio::sync::Mutex<()>,
 }
@@ -52,12 +56,14 @@ impl SelfServiceLayer {
         cfg: Option<&PersonalTokensConfig>,
         tokens: Option<Arc<PersonalTokens>>,
         policy: Arc<Policy>,
+        limits: Arc<RateLimits>,
     ) -> Self {
         let state = match (cfg, tokens) {
             (Some(cfg), Some(tokens)) if cfg.self_service => Some(Arc::new(State {
                 cfg: cfg.clone(),
                 tokens,
                 policy,
+                limits,
                 writing: tokio::sync::Mutex::new(()),
             })),
             _ => None,
@@ -171,6 +177,15 @@ impl State {
             }
         };
         summarize(ctx, action);
+        let cost = if action == "list" {
+            1
+        } else {
+            self.limits.mutating_cost
+        };
+        self.limits
+            .charge_user(&who.user, cost)
+            .await
+            .map_err(super::rate_limit::refused)?;
         let caller = Caller {
             ctx,
             who: &who,
