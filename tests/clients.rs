@@ -79,18 +79,8 @@ async fn redcaplite_and_pycap_without_headers_use_personal_tokens() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let section = format!(
-        "\n[personal_tokens]\nfile = \"{}\"\nkey = \"client-test-key-client-test-key-0001\"\n",
-        dir.path().join("tokens.json").display()
-    );
-    let gw = TestGateway::start_with(move |t| {
-        t.replacen(
-            "\n[projects.demo]",
-            &format!("{section}\n[projects.demo]"),
-            1,
-        )
-    })
-    .await;
+    let section = personal_tokens(dir.path(), "client-test-key-client-test-key-0001", "");
+    let gw = TestGateway::start_with(before_projects(section)).await;
     let cfg = gw.env.gateway.config.personal_tokens.clone().unwrap();
     let (token, _) = redcap_gateway::auth::personal::issue(
         &cfg,

@@ -116,13 +116,7 @@ const COOLDOWN_CFG: &str = "jwks_refresh_cooldown = \"1500ms\"";
 
 /// The dev config with an extra issuer inserted before the projects.
 fn with_issuer(section: String) -> impl FnOnce(String) -> String {
-    move |t: String| {
-        t.replacen(
-            "\n[projects.demo]",
-            &format!("{section}\n[projects.demo]"),
-            1,
-        )
-    }
+    before_projects(section)
 }
 
 async fn call(gw: &TestGateway, bearer: &str) -> Reply {
@@ -450,10 +444,7 @@ async fn kubernetes_service_accounts() {
 }
 
 fn personal_section(dir: &std::path::Path) -> String {
-    format!(
-        "\n[personal_tokens]\nfile = \"{}\"\nkey = \"test-key-test-key-test-key-test-key\"\n",
-        dir.join("tokens.json").display()
-    )
+    personal_tokens(dir, "test-key-test-key-test-key-test-key", "")
 }
 
 fn personal_cfg(gw: &TestGateway) -> redcap_gateway::config::PersonalTokensConfig {
@@ -464,14 +455,7 @@ fn personal_cfg(gw: &TestGateway) -> redcap_gateway::config::PersonalTokensConfi
 async fn personal_tokens_in_the_token_field() {
     let dir = tempfile::tempdir().unwrap();
     let section = personal_section(dir.path());
-    let gw = TestGateway::start_with(move |t| {
-        t.replacen(
-            "\n[projects.demo]",
-            &format!("{section}\n[projects.demo]"),
-            1,
-        )
-    })
-    .await;
+    let gw = TestGateway::start_with(before_projects(section)).await;
     let cfg = personal_cfg(&gw);
     let (tok, rec) = redcap_gateway::auth::personal::issue(
         &cfg,
@@ -581,17 +565,8 @@ async fn personal_tokens_are_bound_to_their_project() {
         "\n[projects.other]\ntoken = \"file:{}\"\n[[projects.other.grants]]\nusers = [\"dev-user\"]\nallow = [\"read\"]\n",
         token_file.display()
     );
-    let gw = TestGateway::start_with(move |t| {
-        format!(
-            "{}{other}",
-            t.replacen(
-                "\n[projects.demo]",
-                &format!("{section}\n[projects.demo]"),
-                1
-            )
-        )
-    })
-    .await;
+    let gw =
+        TestGateway::start_with(move |t| format!("{}{other}", before_projects(section)(t))).await;
     let (tok, _) = redcap_gateway::auth::personal::issue(
         &personal_cfg(&gw),
         "dev-user",

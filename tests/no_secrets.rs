@@ -36,18 +36,8 @@ async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
 
     let dir = tempfile::tempdir().unwrap();
     let hmac_key = "hmac-key-never-logged-0123456789abcdef";
-    let section = format!(
-        "\n[personal_tokens]\nfile = \"{}\"\nkey = \"{hmac_key}\"\nself_service = true\n",
-        dir.path().join("tokens.json").display()
-    );
-    let gw = TestGateway::start_with(move |t| {
-        t.replacen(
-            "\n[projects.demo]",
-            &format!("{section}\n[projects.demo]"),
-            1,
-        )
-    })
-    .await;
+    let section = personal_tokens(dir.path(), hmac_key, "self_service = true\n");
+    let gw = TestGateway::start_with(before_projects(section)).await;
     let valid_jwt = gw.jwt.clone();
     let project_token = gw.token().to_string();
     let personal = "ABCDEF0123456789ABCDEF0123456789";

@@ -109,14 +109,7 @@ async fn real_oidc_provider_rotation_and_outage() {
     let section = format!(
         "\n[[auth.issuers]]\nissuer = \"{issuer}\"\ndiscovery = true\naudiences = [\"redcap-gateway\"]\nalgorithms = [\"RS256\"]\nuser_claim = \"preferred_username\"\ngroups_claim = \"groups\"\njwks_refresh_cooldown = \"200ms\"\n"
     );
-    let gw = TestGateway::start_with(move |t| {
-        t.replacen(
-            "\n[projects.demo]",
-            &format!("{section}\n[projects.demo]"),
-            1,
-        )
-    })
-    .await;
+    let gw = TestGateway::start_with(before_projects(section)).await;
 
     // A real token from a real grant is accepted; REDCap sees the project token.
     let t1 = access_token(port).await;

@@ -479,13 +479,7 @@ fn shared_limits(port: u16, extra: &str) -> impl FnOnce(String) -> String {
     let section = format!(
         "\n[rate_limit]\nupstream = {{ limit = 10, per = \"60s\" }}\nupstream_queue = \"0s\"\nredis_url = \"redis://127.0.0.1:{port}/\"\nreplicas = 2\n{extra}\n"
     );
-    move |t: String| {
-        t.replacen(
-            "\n[projects.demo]",
-            &format!("{section}\n[projects.demo]"),
-            1,
-        )
-    }
+    before_projects(section)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

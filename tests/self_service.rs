@@ -7,18 +7,14 @@ use common::*;
 use http::Request;
 
 fn with_self_service(dir: &std::path::Path, extra: &str) -> impl FnOnce(String) -> String {
-    let section = format!(
-        "\n[personal_tokens]\nfile = \"{}\"\nkey = \"test-key-test-key-test-key-test-key\"\n\
-         self_service = true\nself_service_max_lifetime = \"30d\"\nself_service_max_per_user = 2\n{extra}",
-        dir.join("tokens.json").display()
-    );
-    move |t: String| {
-        t.replacen(
-            "\n[projects.demo]",
-            &format!("{section}\n[projects.demo]"),
-            1,
-        )
-    }
+    before_projects(personal_tokens(
+        dir,
+        "test-key-test-key-test-key-test-key",
+        &format!(
+            "self_service = true\nself_service_max_lifetime = \"30d\"\n\
+             self_service_max_per_user = 2\n{extra}"
+        ),
+    ))
 }
 
 async fn ask(gw: &TestGateway, auth: Option<&str>, body: &str) -> Reply {

@@ -175,6 +175,26 @@ pub fn set_first(key: &str, value: String) -> impl FnOnce(String) -> String {
     }
 }
 
+/// A config edit that adds TOML `section` (starting with a newline) before the demo
+/// project.
+pub fn before_projects(section: String) -> impl FnOnce(String) -> String {
+    move |t: String| {
+        t.replacen(
+            "\n[projects.demo]",
+            &format!("{section}\n[projects.demo]"),
+            1,
+        )
+    }
+}
+
+/// A `[personal_tokens]` section: its file in `dir`, the HMAC `key`, then `extra` lines.
+pub fn personal_tokens(dir: &std::path::Path, key: &str, extra: &str) -> String {
+    format!(
+        "\n[personal_tokens]\nfile = \"{}\"\nkey = \"{key}\"\n{extra}",
+        dir.join("tokens.json").display()
+    )
+}
+
 /// A config edit that adds a `[limits]` table with `lines` (before `[upstream]`).
 pub fn with_limits(lines: &str) -> impl FnOnce(String) -> String + '_ {
     move |t: String| t.replacen("[upstream]", &format!("[limits]\n{lines}\n\n[upstream]"), 1)
