@@ -192,7 +192,9 @@ pub fn issue_at(
         groups,
         project: project.to_string(),
         expires_at,
-        created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        // Through `now_unix`, which reads a clock before 1970 as 1970 (humantime panics).
+        created: humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(now_unix()))
+            .to_string(),
         note: note.to_string(),
     };
     with_locked_file(&cfg.file, |file| {

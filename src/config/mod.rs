@@ -672,6 +672,9 @@ impl Config {
             if pt.key.expose().len() < 32 {
                 errs.push("personal_tokens.key must be at least 32 characters".into());
             }
+            if pt.max_lifetime.0 > Duration::from_secs(100 * 365 * 86_400) {
+                errs.push("personal_tokens.max_lifetime must be at most 100 years".into());
+            }
             if pt.self_service_max_lifetime.0 > pt.max_lifetime.0
                 || pt.self_service_max_lifetime.0 < Duration::from_secs(86_400)
             {
@@ -882,5 +885,23 @@ mod tests {
         let e = Config::from_toml(&text, &no_env).unwrap_err().to_string();
         assert!(e.starts_with("TOML syntax error at line 6"), "{e}");
         assert!(!e.contains("k3y-s3cret"), "the secret was quoted: {e}");
+    }
+
+    #[test]
+    fn personal_token_lifetimes_are_bounded() {
+        let with = |lines: &str| {
+            let text = format!(
+                "{MIN}\n[personal_tokens]\nfile = \"/tmp/t.json\"\nkey = \"{}\"\n{lines}\n",
+                "k".repeat(32)
+            );
+            Config::from_toml(&text, &no_env).map_err(|e| e.to_string())
+        };
+        assert!(with("").is_ok());
+        let e = with("max_lifetime = \"200years\"").unwrap_err();
+        assert!(e.contains("at most 100 years"), "{e}");
+        let e = with("self_service_max_lifetime = \"400days\"").unwrap_err();
+        assert!(e.contains("self_service_max_lifetime"), "{e}");
+        let e = with("self_service_max_per_user = 0").unwrap_err();
+        assert!(e.contains("self_service_max_per_user"), "{e}");
     }
 }
