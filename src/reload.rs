@@ -84,16 +84,9 @@ impl Live {
             }
             *seen = Some(digest);
         }
-        let old_metrics = self.gateway().metrics.clone();
-        let text = read.map_err(|e| {
-            old_metrics
-                .config_reloads
-                .with_label_values(&["config", "error"])
-                .inc();
-            vec![format!("{}: {e}", path.display())]
-        })?;
         let old = self.gateway();
         let result = async {
+            let text = read.map_err(|e| vec![format!("{}: {e}", path.display())])?;
             let text = String::from_utf8(text).map_err(|_| vec!["not UTF-8".to_string()])?;
             let config = Config::from_toml(&text, &|k| std::env::var(k).ok()).map_err(|e| {
                 e.to_string()

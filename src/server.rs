@@ -264,16 +264,6 @@ impl Gateway {
         })
     }
 
-    /// Whether `POST /p/{project}/tokens` issues personal tokens.
-    pub fn self_service(&self) -> bool {
-        self.personal.is_some()
-            && self
-                .config
-                .personal_tokens
-                .as_ref()
-                .is_some_and(|p| p.self_service)
-    }
-
     pub fn project_names(&self) -> Vec<String> {
         self.config.projects.keys().cloned().collect()
     }

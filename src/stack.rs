@@ -27,6 +27,12 @@ use crate::server::Gateway;
 /// `client` is the serving thread's own upstream pool, so a request's connection tasks
 /// stay on its thread.
 pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> Pipeline<impl Handler> {
+    let self_service = SelfServiceLayer::new(
+        g.config.personal_tokens.as_ref(),
+        g.personal.clone(),
+        g.policy.clone(),
+        g.limits_rt.clone(),
+    );
     ServiceBuilder::new()
         .layer(PipelineLayer)
         .layer(RequestIdLayer)
@@ -34,14 +40,9 @@ pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> Pipeline<
         .layer(ObserveLayer::new(g.audit.clone(), g.metrics.clone()))
         .layer(RescueLayer)
         .layer(LimitsLayer::new(g.in_flight.clone(), g.draining.clone()))
-        .layer(Route::layer(g.project_names(), g.self_service()))
+        .layer(Route::layer(g.project_names(), self_service.enabled()))
         .layer(Authenticate::layer(g.jwt.clone(), g.personal.is_some()))
-        .layer(SelfServiceLayer::new(
-            g.config.personal_tokens.as_ref(),
-            g.personal.clone(),
-            g.policy.clone(),
-            g.limits_rt.clone(),
-        ))
+        .layer(self_service)
         .layer(Parse::layer(g.limits.parse))
         .layer(ResolveCredential::layer(g.personal.clone()))
         .layer(Authorize::layer(g.policy.clone()))

@@ -222,12 +222,7 @@ pub fn list(cfg: &PersonalTokensConfig) -> Result<Vec<TokenRecord>, String> {
 
 /// Removes a token by id; true when it existed.
 pub fn revoke(cfg: &PersonalTokensConfig, id: &str) -> Result<bool, String> {
-    with_locked_file(&cfg.file, |file| {
-        let before = file.tokens.len();
-        file.tokens.retain(|t| t.id != id);
-        let removed = file.tokens.len() != before;
-        Ok((removed, removed))
-    })
+    remove(cfg, |t| t.id == id)
 }
 
 /// Removes a token by id if it belongs to `user` on `project` (self-service); true when
@@ -238,10 +233,19 @@ pub fn revoke_own(
     user: &str,
     project: &str,
 ) -> Result<bool, String> {
+    remove(cfg, |t| {
+        t.id == id && t.user == user && t.project == project
+    })
+}
+
+/// Removes the tokens `matches` picks, under the file's lock; true when there were any.
+fn remove(
+    cfg: &PersonalTokensConfig,
+    matches: impl Fn(&TokenRecord) -> bool,
+) -> Result<bool, String> {
     with_locked_file(&cfg.file, |file| {
         let before = file.tokens.len();
-        file.tokens
-            .retain(|t| !(t.id == id && t.user == user && t.project == project));
+        file.tokens.retain(|t| !matches(t));
         let removed = file.tokens.len() != before;
         Ok((removed, removed))
     })

@@ -72,6 +72,13 @@ impl SelfServiceLayer {
     }
 }
 
+impl SelfServiceLayer {
+    /// Whether the endpoint exists (route serves `/p/{project}/tokens` only then).
+    pub fn enabled(&self) -> bool {
+        self.state.is_some()
+    }
+}
+
 impl<S> Layer<S> for SelfServiceLayer {
     type Service = SelfService<S>;
     fn layer(&self, next: S) -> Self::Service {

@@ -76,18 +76,9 @@ impl<H: Handler> Pipeline<H> {
         self.0
     }
 
-    /// The response to a request, as the server wants it: the future owns its reference
-    /// to the chain, and is neither boxed nor fallible (an error that escaped the chain,
-    /// which rescue prevents, is still answered in REDCap's shape).
-    pub fn serve(
-        &self,
-        req: Req,
-    ) -> impl Future<Output = std::result::Result<Resp, std::convert::Infallible>> + Send + 'static
-    {
-        Self::serve_owned(self.0.clone(), req)
-    }
-
-    /// `serve` through a chain held elsewhere (a serving thread's current stack).
+    /// The response to a request, as the server wants it, through a chain it holds (a
+    /// serving thread's current stack): neither boxed nor fallible (an error that escaped
+    /// the chain, which rescue prevents, is still answered in REDCap's shape).
     pub async fn serve_owned(
         chain: Arc<H>,
         req: Req,
