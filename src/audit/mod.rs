@@ -92,10 +92,70 @@ pub struct Audit {
     /// The writer thread: woken at once for intents and flushes; final records wait for
     /// its next round (at most `DRAIN_EVERY`), so requests never pay for a wake-up.
     writer: std::thread::Thread,
-    healthy: Arc<AtomicBool>,
+    /// The chain and its sink, shared by the writer thread and (for intents, when the
+    /// sink is a regular file without fsync) the serving threads.
+    log: Arc<Log>,
     pub on_failure_reads: WhenAuditFails,
     pub writes_ok: prometheus::IntCounter,
     pub writes_failed: prometheus::IntCounter,
+}
+
+/// The end of the chain: the sink and the hash of the last line written to it.
+struct Chain {
+    sink: Box<dyn Sink>,
+    prev: String,
+}
+
+struct Log {
+    chain: std::sync::Mutex<Chain>,
+    key: Option<Secret>,
+    fsync: bool,
+    /// Intents may be written by the thread that asks for them: the sink is a regular
+    /// file (a write lands in the page cache; a pipe or terminal could block on a slow
+    /// reader) and nothing waits for fsync.
+    inline_intents: bool,
+    healthy: AtomicBool,
+    ok: prometheus::IntCounter,
+    failed: prometheus::IntCounter,
+}
+
+impl Log {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Chain> {
+        self.chain.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Seals and writes `lines` (empty ones are skipped), then flushes, and fsyncs if
+    /// `sync`. The first failure is returned, and the log marked unhealthy until a
+    /// write succeeds again.
+    fn append<'l>(
+        &self,
+        chain: &mut Chain,
+        lines: impl Iterator<Item = &'l str>,
+        sync: bool,
+    ) -> Result<(), String> {
+        let mut result = Ok(());
+        for line in lines.filter(|l| !l.is_empty()) {
+            let (sealed, hash) = chain::seal(self.key.as_ref(), &chain.prev, line);
+            match chain.sink.write_line(&sealed) {
+                Ok(()) => {
+                    chain.prev = hash;
+                    self.ok.inc();
+                }
+                Err(e) => {
+                    self.failed.inc();
+                    result = Err(e.to_string());
+                }
+            }
+        }
+        if let Err(e) = chain.sink.flush(sync) {
+            result = Err(e.to_string());
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "audit write failed");
+        }
+        self.healthy.store(result.is_ok(), Ordering::Relaxed);
+        result
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,21 +269,22 @@ fn last_hash(path: &Path) -> Option<String> {
 impl Audit {
     /// Starts the writer thread.
     pub fn start(cfg: &AuditConfig) -> Result<Arc<Audit>, String> {
-        let (sink, prev): (Box<dyn Sink>, String) = match cfg.sink {
+        let (sink, prev, regular): (Box<dyn Sink>, String, bool) = match cfg.sink {
             AuditSink::Stdout => (
                 Box::new(Stdout(std::io::stdout())),
                 chain::GENESIS.to_string(),
+                false,
             ),
             AuditSink::File => {
                 let path = cfg.path.as_ref().ok_or("audit.path is required")?;
                 let prev = last_hash(path).unwrap_or_else(|| chain::GENESIS.to_string());
                 let sink = FileSink::open(path, cfg.max_bytes.0, cfg.keep)
                     .map_err(|e| format!("audit.path {}: {e}", path.display()))?;
-                (Box::new(sink), prev)
+                let regular = sink.regular;
+                (Box::new(sink), prev, regular)
             }
         };
         let (tx, rx) = mpsc::channel(16_384);
-        let healthy = Arc::new(AtomicBool::new(true));
         let writes_ok = prometheus::IntCounter::new(
             "redcap_gateway_audit_writes_total",
             "Audit records written",
@@ -234,15 +295,16 @@ impl Audit {
             "Audit records that could not be written",
         )
         .map_err(|e| e.to_string())?;
-        let w = Writer {
-            sink,
-            prev,
+        let log = Arc::new(Log {
+            chain: std::sync::Mutex::new(Chain { sink, prev }),
             key: cfg.hmac_key.clone(),
             fsync: cfg.fsync,
-            healthy: healthy.clone(),
+            inline_intents: regular && !cfg.fsync,
+            healthy: AtomicBool::new(true),
             ok: writes_ok.clone(),
             failed: writes_failed.clone(),
-        };
+        });
+        let w = Writer { log: log.clone() };
         let handle = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
@@ -250,7 +312,7 @@ impl Audit {
         Ok(Arc::new(Audit {
             tx,
             writer: handle.thread().clone(),
-            healthy,
+            log,
             on_failure_reads: cfg.on_failure_reads,
             writes_ok,
             writes_failed,
@@ -258,7 +320,7 @@ impl Audit {
     }
 
     pub fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.log.healthy.load(Ordering::Relaxed)
     }
 
     fn line(r: &Record<'_>) -> String {
@@ -266,11 +328,30 @@ impl Audit {
     }
 
     /// Writes and flushes an intent record; only then may a mutating call be forwarded.
+    ///
+    /// Into a regular file without fsync, the calling thread writes it itself when the
+    /// writer thread is not writing at that moment: one `write` into the page cache
+    /// instead of waking the writer and being woken by its answer (two thread switches,
+    /// most of what an import cost over an export). Otherwise the writer thread writes it.
     pub async fn intent(&self, r: &Record<'_>) -> Result<(), AuditUnavailable> {
+        let line = Self::line(r);
+        if self.log.inline_intents {
+            let chain = match self.log.chain.try_lock() {
+                Ok(c) => Some(c),
+                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut chain) = chain {
+                return self
+                    .log
+                    .append(&mut chain, std::iter::once(line.as_str()), false)
+                    .map_err(AuditUnavailable);
+            }
+        }
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Msg::Write {
-                line: Self::line(r),
+                line,
                 ack: Some(ack),
             })
             .await
@@ -332,13 +413,7 @@ impl Audit {
 }
 
 struct Writer {
-    sink: Box<dyn Sink>,
-    prev: String,
-    key: Option<Secret>,
-    fsync: bool,
-    healthy: Arc<AtomicBool>,
-    ok: prometheus::IntCounter,
-    failed: prometheus::IntCounter,
+    log: Arc<Log>,
 }
 
 /// How long a final record may wait for the writer's next round.
@@ -347,7 +422,7 @@ const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
 const WRITE_BUFFER: usize = 256 * 1024;
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    fn run(self, mut rx: mpsc::Receiver<Msg>) {
         let mut batch = Vec::new();
         loop {
             while batch.len() < 4096 {
@@ -356,7 +431,7 @@ impl Writer {
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         if batch.is_empty() {
-                            let _ = self.sink.flush(true);
+                            let _ = self.log.lock().sink.flush(true);
                             return;
                         }
                         break;
@@ -369,31 +444,17 @@ impl Writer {
             }
             let full = batch.len() >= 4096;
             let mut acks = Vec::new();
-            let mut result: Result<(), String> = Ok(());
+            let mut lines = Vec::with_capacity(batch.len());
             for Msg::Write { line, ack } in batch.drain(..) {
-                if !line.is_empty() {
-                    let (sealed, hash) = chain::seal(self.key.as_ref(), &self.prev, &line);
-                    match self.sink.write_line(&sealed) {
-                        Ok(()) => {
-                            self.prev = hash;
-                            self.ok.inc();
-                        }
-                        Err(e) => {
-                            self.failed.inc();
-                            result = Err(e.to_string());
-                        }
-                    }
-                }
+                lines.push(line);
                 acks.extend(ack);
             }
-            let sync = self.fsync && !acks.is_empty();
-            if let Err(e) = self.sink.flush(sync) {
-                result = Err(e.to_string());
-            }
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "audit write failed");
-            }
-            self.healthy.store(result.is_ok(), Ordering::Relaxed);
+            let sync = self.log.fsync && !acks.is_empty();
+            let result = {
+                let mut chain = self.log.lock();
+                self.log
+                    .append(&mut chain, lines.iter().map(String::as_str), sync)
+            };
             let answered = !acks.is_empty();
             for a in acks {
                 let _ = a.send(result.clone());
@@ -417,4 +478,82 @@ pub fn chain_files(path: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     out.push(path.to_path_buf());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Size;
+
+    fn record(phase: &'static str, id: &str) -> String {
+        line::to_json(&Record {
+            time: "2026-12-03T00:00:00.000Z".into(),
+            phase,
+            request_id: id,
+            decision: "allow",
+            ..Record::default()
+        })
+    }
+
+    /// Intents written by the asking threads and final records written by the writer
+    /// thread, at once from several threads and across rotations, form one chain with
+    /// every record in it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn inline_intents_and_queued_records_form_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let key = Secret::new("k".repeat(32));
+        for (fsync, expect_inline) in [(false, true), (true, false)] {
+            let cfg = AuditConfig {
+                sink: AuditSink::File,
+                path: Some(path.clone()),
+                max_bytes: Size(64 * 1024),
+                keep: 1000,
+                hmac_key: Some(key.clone()),
+                fsync,
+                ..AuditConfig::default()
+            };
+            let audit = Audit::start(&cfg).unwrap();
+            assert_eq!(audit.log.inline_intents, expect_inline);
+            let tasks: Vec<_> = (0..8)
+                .map(|t| {
+                    let audit = audit.clone();
+                    tokio::spawn(async move {
+                        for i in 0..150 {
+                            let id = format!("{t}-{i}");
+                            let r = Record {
+                                time: "2026-12-03T00:00:00.000Z".into(),
+                                phase: "intent",
+                                request_id: &id,
+                                decision: "allow",
+                                ..Record::default()
+                            };
+                            audit.intent(&r).await.unwrap();
+                            audit.record(&Record {
+                                phase: "final",
+                                ..r
+                            });
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            audit.flush().await.unwrap();
+        }
+        let texts: Vec<(String, String)> = chain_files(&path)
+            .iter()
+            .map(|p| (p.display().to_string(), std::fs::read_to_string(p).unwrap()))
+            .collect();
+        assert!(texts.len() > 3, "rotated several times");
+        let v = chain::verify(&texts, Some(&key)).unwrap();
+        assert_eq!(v.records, 2 * 2 * 8 * 150);
+        let all: String = texts.iter().map(|(_, t)| t.as_str()).collect();
+        for phase in ["intent", "final"] {
+            let line = record(phase, "7-149");
+            let body = line.trim_start_matches('{');
+            assert_eq!(all.matches(body).count(), 2, "{phase} once per round");
+        }
+    }
 }
