@@ -1,15 +1,18 @@
 //! The floor for the benchmark: a bare hyper reverse proxy built like the gateway's
-//! serving loop (one current-thread runtime per core, a pooled hyper client per thread),
-//! with none of the gateway's layers. What it costs is what hyper and tokio cost; the
-//! gateway's distance from it is what its own work costs.
+//! serving loop (one current-thread runtime per core, each accepting on its own
+//! `SO_REUSEPORT` socket, and the gateway's per-thread upstream pool), with none of the
+//! gateway's layers. What it costs is what hyper and tokio cost; the gateway's distance
+//! from it is what its own work costs.
 //! Usage: bench_floor LISTEN UPSTREAM_URL
 
 use std::convert::Infallible;
 
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use redcap_gateway::body::Body;
+use redcap_gateway::http_client::{ClientHandle, ClientOptions};
+use redcap_gateway::upstream::Upstream;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -18,13 +21,23 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let listen = args.next().expect("LISTEN");
     let upstream: hyper::Uri = args.next().expect("UPSTREAM_URL").parse().expect("url");
-    let listener = std::net::TcpListener::bind(&listen).expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listeners =
+        redcap_gateway::server::bind_serving(listen.parse().expect("LISTEN"), cores).expect("bind");
+    let opts = ClientOptions {
+        ca_file: None,
+        connect_timeout: std::time::Duration::from_secs(5),
+        pool_idle_timeout: std::time::Duration::from_secs(90),
+        pool_max_idle_per_host: 256,
+    };
+    let tls = ClientHandle::new(&opts).expect("client");
+    let pool = Upstream::new(&upstream, tls.tls(), &opts).expect("upstream");
+    let path: hyper::Uri = upstream.path().parse().expect("path");
     let threads: Vec<_> = (0..cores)
-        .map(|_| {
-            let l = listener.try_clone().expect("clone");
-            let upstream = upstream.clone();
+        .map(|i| {
+            let l = listeners[i % listeners.len()].try_clone().expect("clone");
+            let pool = pool.clone();
+            let upstream = path.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -32,8 +45,7 @@ fn main() {
                     .unwrap();
                 rt.block_on(async move {
                     let l = tokio::net::TcpListener::from_std(l).unwrap();
-                    let client: Client<_, Full<bytes::Bytes>> =
-                        Client::builder(TokioExecutor::new()).build_http();
+                    let client = pool.sibling();
                     loop {
                         let Ok((stream, _)) = l.accept().await else {
                             continue;
@@ -55,9 +67,9 @@ fn main() {
                                             .unwrap_or_default();
                                         parts.uri = upstream;
                                         let resp = client
-                                            .request(hyper::Request::from_parts(
+                                            .send(hyper::Request::from_parts(
                                                 parts,
-                                                Full::new(body),
+                                                Body::new(Full::new(body)),
                                             ))
                                             .await;
                                         Ok::<_, Infallible>(match resp {

@@ -1,5 +1,6 @@
 //! Forward: the innermost service. Sends the rewritten request to `{upstream}/api/` (never
-//! with a query string) over the pooled client and streams REDCap's answer back.
+//! with a query string) over the serving thread's connection pool (`upstream.rs`) and
+//! streams REDCap's answer back.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,9 +11,9 @@ use http::{Request, Uri};
 
 use crate::body::boxed;
 use crate::error::GatewayError;
-use crate::http_client::ClientHandle;
 use crate::layers::step::Handler;
 use crate::layers::{Req, Resp, Result};
+use crate::upstream::Upstream;
 
 /// Hop-by-hop headers (RFC 9110 7.6.1, and the old `keep-alive`/`proxy-connection`).
 fn is_hop_by_hop(n: &HeaderName) -> bool {
@@ -67,9 +68,10 @@ pub fn api_uri(base: &str) -> std::result::Result<Uri, String> {
 
 /// The innermost handler (its requests' futures borrow it).
 pub struct Forward {
-    client: ClientHandle,
-    api: Uri,
-    /// The `Host` header for `api`, as the client would write it.
+    upstream: Upstream,
+    /// The API's path (`/api/`, or `/redcap/api/`): the request line's target.
+    path: Uri,
+    /// The `Host` header for the API's URL.
     host: HeaderValue,
     timeout: Duration,
     metrics: Arc<crate::telemetry::Metrics>,
@@ -90,16 +92,20 @@ fn host_header(uri: &Uri) -> HeaderValue {
 }
 
 impl Forward {
+    /// `upstream` is a pool to `api`'s host.
     pub fn new(
-        client: ClientHandle,
-        api: Uri,
+        upstream: Upstream,
+        api: &Uri,
         timeout: Duration,
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Self {
+        let path = api
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
         Forward {
-            client,
-            host: host_header(&api),
-            api,
+            upstream,
+            host: host_header(api),
+            path,
             timeout,
             metrics,
         }
@@ -116,15 +122,14 @@ impl Handler for Forward {
                 .cloned();
             let (parts, body) = req.into_parts();
             let started = std::time::Instant::now();
-            let mut out = Request::post(this.api.clone())
+            let mut out = Request::post(this.path.clone())
                 .body(body)
                 .map_err(|_| GatewayError::UpstreamUnreachable)?;
             let mut headers = parts.headers;
             strip_hop_by_hop(&mut headers, &[http::header::EXPECT]);
-            // REDCap's host, set here once instead of formatted by the client per call.
             headers.insert(HOST, this.host.clone());
             *out.headers_mut() = headers;
-            let sent = tokio::time::timeout(this.timeout, this.client.inner.request(out)).await;
+            let sent = tokio::time::timeout(this.timeout, this.upstream.send(out)).await;
             let resp = match sent {
                 Err(_) => return Err(GatewayError::UpstreamTimeout),
                 Ok(Err(e)) => {
@@ -151,7 +156,7 @@ impl Handler for Forward {
             strip_hop_by_hop(&mut parts.headers, &[]);
             Ok(Resp::from_parts(
                 parts,
-                boxed::<hyper::body::Incoming>(body),
+                boxed::<crate::upstream::PooledBody>(body),
             ))
         }
     }

@@ -64,11 +64,9 @@ impl ClientHandle {
         Ok(Self::with_tls(opts, tls_config(opts)?))
     }
 
-    /// A client with its own connection pool and the same TLS setup, made without
-    /// reading the system's certificates again (tens of milliseconds): one per serving
-    /// thread, also when a reload rebuilds the threads' stacks.
-    pub fn sibling(&self, opts: &ClientOptions<'_>) -> ClientHandle {
-        Self::with_tls(opts, self.tls.clone())
+    /// The TLS setup (system roots plus the CA file), for the upstream pools.
+    pub fn tls(&self) -> &rustls::ClientConfig {
+        &self.tls
     }
 
     fn with_tls(opts: &ClientOptions<'_>, tls: rustls::ClientConfig) -> ClientHandle {

@@ -20,6 +20,7 @@ pub mod secret;
 pub mod server;
 pub mod stack;
 pub mod telemetry;
+pub mod upstream;
 pub mod vault;
 
 pub use body::BoxError;

@@ -344,8 +344,9 @@ async fn serve(live: Arc<Live>) -> Result<(), Box<dyn std::error::Error>> {
     #[cfg(unix)]
     live.spawn_sighup()?;
     live.spawn_watcher(poll);
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-    tracing::info!(addr = %server::local_addr(&listener), "serving REDCap API");
+    let listeners = server::bind_serving(cfg.listen, server::workers(&cfg))?;
+    let addr = listeners[0].local_addr()?;
+    tracing::info!(addr = %addr, sockets = listeners.len(), "serving REDCap API");
     let (tx, rx) = tokio::sync::watch::channel(false);
     if let Some(admin) = cfg.admin_listen {
         let l = tokio::net::TcpListener::bind(admin).await?;
@@ -359,7 +360,7 @@ async fn serve(live: Arc<Live>) -> Result<(), Box<dyn std::error::Error>> {
         shutdown_signal().await;
         let _ = tx.send(true);
     };
-    server::run_live(listener, live, sig).await?;
+    server::run_live(listeners, live, sig).await?;
     drop(rx);
     Ok(())
 }

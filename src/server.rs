@@ -59,8 +59,11 @@ pub struct Gateway {
     pub vault: Arc<Vault>,
     pub personal: Option<Arc<PersonalTokens>>,
     pub policy: Arc<Policy>,
+    /// For JWKS and OIDC discovery.
     pub client: ClientHandle,
     pub api: Uri,
+    /// The pool to REDCap that each serving thread's pool is a sibling of.
+    pub upstream: crate::upstream::Upstream,
     pub upstream_timeout: Duration,
     pub limits: Limits,
     pub draining: Arc<AtomicBool>,
@@ -131,6 +134,12 @@ impl Gateway {
             }
         };
         let api = api_uri(&up.url).map_err(|e| errs.push(e)).ok();
+        let upstream = match (&client, &api) {
+            (Some(c), Some(a)) => crate::upstream::Upstream::new(a, c.tls(), &up.client_options())
+                .map_err(|e| errs.push(format!("upstream.url: {e}")))
+                .ok(),
+            _ => None,
+        };
 
         // Same issuers: keep the verifier, its keys, its cache and its refreshes.
         let same_auth = carry.filter(|c| c.config.auth == config.auth);
@@ -191,8 +200,23 @@ impl Gateway {
                 (metrics.map(Arc::new), audit)
             }
         };
-        let (Some(client), Some(api), Some(vault), Some(metrics), Some(audit), true) =
-            (client, api, vault, metrics, audit, errs.is_empty())
+        let (
+            Some(client),
+            Some(api),
+            Some(upstream),
+            Some(vault),
+            Some(metrics),
+            Some(audit),
+            true,
+        ) = (
+            client,
+            api,
+            upstream,
+            vault,
+            metrics,
+            audit,
+            errs.is_empty(),
+        )
         else {
             return Err(errs);
         };
@@ -251,6 +275,7 @@ impl Gateway {
             policy: Arc::new(Policy::new(policies)),
             client,
             api,
+            upstream,
             limits,
             draining: carry
                 .map_or_else(|| Arc::new(AtomicBool::new(false)), |c| c.draining.clone()),
@@ -311,25 +336,78 @@ async fn start_jwks_refresh(jwt: &JwtVerifier) -> Tasks {
     Tasks(tasks)
 }
 
+/// How many serving threads: `server.workers`, else one per core.
+pub fn workers(s: &crate::config::ServerConfig) -> usize {
+    s.workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The serving sockets for `addr`: one per serving thread, bound together with
+/// `SO_REUSEPORT`, so the kernel spreads new connections over the threads. With one
+/// shared socket, the thread that wakes first accepts the whole backlog: a burst of
+/// connections (a client pool opening) can land on one thread and leave the other cores
+/// idle for as long as those connections live. Port 0 picks one port for all. Where
+/// `SO_REUSEPORT` is not available, one socket is shared by every thread.
+pub fn bind_serving(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let open = |addr: SocketAddr, reuse_port: bool| -> std::io::Result<std::net::TcpListener> {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        #[cfg(unix)]
+        if reuse_port {
+            s.set_reuse_port(true)?;
+        }
+        #[cfg(not(unix))]
+        let _ = reuse_port;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        Ok(s.into())
+    };
+    let group = cfg!(unix) && count > 1;
+    let first = open(addr, group)?;
+    let mut all = vec![first];
+    if group {
+        let bound = all[0].local_addr()?;
+        for _ in 1..count {
+            match open(bound, true) {
+                Ok(l) => all.push(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SO_REUSEPORT unavailable; the serving threads share one socket");
+                    all.truncate(1);
+                    break;
+                }
+            }
+        }
+    }
+    Ok(all)
+}
+
 /// Serves the gateway until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish within the configured grace period.
 ///
 /// Thread per core: `server.workers` threads each run a current-thread runtime that
-/// accepts on the shared listening socket and serves its connections with its own copy of
-/// the stack and its own upstream pool, so a request is never handed between threads
-/// (what nginx's workers do). Shared state (policy, vault, audit, limits, metrics) is
-/// behind `Arc`s.
+/// accepts on its own socket (`bind_serving`) and serves its connections with its own
+/// copy of the stack and its own upstream pool, so a request is never handed between
+/// threads (what nginx's workers do). Shared state (policy, vault, audit, limits,
+/// metrics) is behind `Arc`s.
 pub async fn run(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    run_live(listener, Live::new(gateway, None), shutdown).await
+    run_live(
+        vec![listener.into_std()?],
+        Live::new(gateway, None),
+        shutdown,
+    )
+    .await
 }
 
-/// `run` for a gateway that reloads: each serving thread follows `live`.
+/// `run` for a gateway that reloads: each serving thread follows `live`. Thread `i`
+/// accepts on `listeners[i]`; with fewer sockets than threads, they share them.
 pub async fn run_live(
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     live: Arc<Live>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -338,21 +416,23 @@ pub async fn run_live(
     let (workers, grace, draining, audit) = {
         let g = live.gateway();
         let s = &g.config.server;
-        let workers = s
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         (
-            workers,
+            workers(s),
             s.shutdown_grace.0,
             g.draining.clone(),
             g.audit.clone(),
         )
     };
-    let listener = listener.into_std()?;
+    if listeners.is_empty() {
+        return Err(std::io::Error::other("no listening socket"));
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut done = Vec::new();
     for i in 0..workers {
-        let l = listener.try_clone()?;
+        let l = match listeners.get(i) {
+            Some(l) if listeners.len() >= workers => l.try_clone()?,
+            _ => listeners[i % listeners.len()].try_clone()?,
+        };
         let g = live.clone();
         let mut stopped = stopped.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
@@ -371,7 +451,7 @@ pub async fn run_live(
             })?;
         done.push(rx);
     }
-    drop(listener);
+    drop(listeners);
     shutdown.await;
     draining.store(true, Ordering::SeqCst);
     tracing::info!(grace_secs = grace.as_secs(), "draining in-flight requests");
@@ -418,10 +498,7 @@ async fn serve_thread(
     let generation = live.generation();
     let gateway = live.gateway();
     // Each thread has its own upstream pool; the TLS setup is the gateway's.
-    let build = |g: &Gateway| {
-        let client = g.client.sibling(&g.config.upstream.client_options());
-        crate::stack::build(g, client).into_chain()
-    };
+    let build = |g: &Gateway| crate::stack::build(g, g.upstream.sibling()).into_chain();
     let first = build(&gateway);
     let stacks = Arc::new(ThreadStack {
         generation: AtomicU64::new(generation),
@@ -519,9 +596,4 @@ pub async fn run_admin(
                 .await;
         });
     }
-}
-
-pub fn local_addr(l: &TcpListener) -> SocketAddr {
-    l.local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
 }

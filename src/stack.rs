@@ -24,9 +24,9 @@ use crate::layers::step::{Handler, Pipeline, PipelineLayer};
 use crate::layers::vault::Inject;
 use crate::server::Gateway;
 
-/// `client` is the serving thread's own upstream pool, so a request's connection tasks
-/// stay on its thread.
-pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> Pipeline<impl Handler> {
+/// `upstream` is the serving thread's own pool (`g.upstream.sibling()`), so a request's
+/// connection tasks stay on its thread.
+pub fn build(g: &Gateway, upstream: crate::upstream::Upstream) -> Pipeline<impl Handler> {
     let self_service = SelfServiceLayer::new(
         g.config.personal_tokens.as_ref(),
         g.personal.clone(),
@@ -53,8 +53,8 @@ pub fn build(g: &Gateway, client: crate::http_client::ClientHandle) -> Pipeline<
         ))
         .layer(AuditIntent::layer(g.audit.clone()))
         .service(Forward::new(
-            client,
-            g.api.clone(),
+            upstream,
+            &g.api,
             g.upstream_timeout,
             g.metrics.clone(),
         ))

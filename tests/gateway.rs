@@ -407,7 +407,6 @@ async fn the_in_flight_cap_holds_across_serving_threads() {
     // An upstream that holds every call for a second. Each serving thread builds its own
     // stack; two such stacks share a cap of two requests in flight, so of six concurrent
     // calls (three through each) exactly two are forwarded and four get 503 at once.
-    use redcap_gateway::http_client::ClientHandle;
     use tower::ServiceExt;
     let addr = slow_ok_upstream(Duration::from_millis(1000)).await;
     let gw = TestGateway::start_with(|t| {
@@ -420,10 +419,7 @@ async fn the_in_flight_cap_holds_across_serving_threads() {
     .await;
     let g = gw.env.gateway.clone();
     let stacks: Vec<_> = (0..2)
-        .map(|_| {
-            let client = ClientHandle::new(&g.config.upstream.client_options()).unwrap();
-            redcap_gateway::stack::build(&g, client)
-        })
+        .map(|_| redcap_gateway::stack::build(&g, g.upstream.sibling()))
         .collect();
     let calls: Vec<_> = (0..6)
         .map(|i| tokio::spawn(stacks[i % 2].clone().oneshot(stack_export(&gw.jwt))))
@@ -442,7 +438,6 @@ async fn the_in_flight_cap_holds_across_serving_threads() {
 #[tokio::test]
 async fn caps_hold_until_the_response_body_ends() {
     use http_body_util::BodyExt;
-    use redcap_gateway::http_client::ClientHandle;
     use tower::ServiceExt;
     // Head and half the body at once; the rest after 600 ms.
     let addr = raw_upstream(|mut s| async move {
@@ -467,8 +462,7 @@ async fn caps_hold_until_the_response_body_ends() {
         })
         .await;
         let g = gw.env.gateway.clone();
-        let client = ClientHandle::new(&g.config.upstream.client_options()).unwrap();
-        let stack = redcap_gateway::stack::build(&g, client);
+        let stack = redcap_gateway::stack::build(&g, g.upstream.sibling());
         let call = || stack.clone().oneshot(stack_export(&gw.jwt));
         let first = call().await.unwrap();
         assert_eq!(first.status(), 200);

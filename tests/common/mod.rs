@@ -13,7 +13,6 @@ use hyper_util::rt::TokioExecutor;
 use redcap_gateway::dev::DevEnv;
 use redcap_gateway::reload::Live;
 use redcap_gateway::server;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub struct TestGateway {
@@ -36,11 +35,13 @@ impl TestGateway {
         let env = DevEnv::start("127.0.0.1:0", edit)
             .await
             .expect("dev env starts");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        // As `serve` binds: a socket per serving thread.
+        let workers = server::workers(&env.gateway.config.server);
+        let listeners = server::bind_serving("127.0.0.1:0".parse().unwrap(), workers).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let live = Live::new(env.gateway.clone(), Some(env.config_path()));
-        let done = tokio::spawn(server::run_live(listener, live.clone(), async move {
+        let done = tokio::spawn(server::run_live(listeners, live.clone(), async move {
             let _ = rx.await;
         }));
         let jwt = env
