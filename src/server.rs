@@ -348,6 +348,11 @@ pub fn workers(s: &crate::config::ServerConfig) -> usize {
 /// connections (a client pool opening) can land on one thread and leave the other cores
 /// idle for as long as those connections live. Port 0 picks one port for all. Where
 /// `SO_REUSEPORT` is not available, one socket is shared by every thread.
+///
+/// `SO_REUSEPORT` would also let a second process of the same user bind the same port
+/// and silently take part of the connections (a forgotten old instance, with another
+/// config). So the address is first bound without it: if anything listens there, that
+/// fails with "address in use", as a plain bind would.
 pub fn bind_serving(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let open = |addr: SocketAddr, reuse_port: bool| -> std::io::Result<std::net::TcpListener> {
@@ -365,6 +370,13 @@ pub fn bind_serving(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::
         Ok(s.into())
     };
     let group = cfg!(unix) && count > 1;
+    let addr = if group {
+        // The probe: a plain bind, released at once (port 0 picks the group's port).
+        let probe = open(addr, false)?;
+        probe.local_addr()?
+    } else {
+        addr
+    };
     let first = open(addr, group)?;
     let mut all = vec![first];
     if group {
@@ -595,5 +607,41 @@ pub async fn run_admin(
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The group shares one port, the kernel spreads connections over its sockets, and
+    /// nothing else can bind the port while it listens, not even another group.
+    #[cfg(unix)]
+    #[test]
+    fn serving_sockets_share_a_port_and_keep_it() {
+        let group = bind_serving("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        assert_eq!(group.len(), 2);
+        let addr = group[0].local_addr().unwrap();
+        assert_eq!(group[1].local_addr().unwrap(), addr);
+        let clients: Vec<_> = (0..24)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let accepted: Vec<usize> = group
+            .iter()
+            .map(|l| std::iter::from_fn(|| l.accept().ok()).count())
+            .collect();
+        assert_eq!(accepted.iter().sum::<usize>(), clients.len());
+        assert!(
+            accepted.iter().all(|&n| n > 0),
+            "both sockets accept: {accepted:?}"
+        );
+
+        let again = bind_serving(addr, 2).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AddrInUse);
+        let plain = std::net::TcpListener::bind(addr).unwrap_err();
+        assert_eq!(plain.kind(), std::io::ErrorKind::AddrInUse);
+        drop(group);
+        drop(clients);
+        assert!(bind_serving(addr, 2).is_ok(), "free again once closed");
     }
 }
