@@ -328,3 +328,30 @@ async fn https_upstream_with_the_configured_ca_file() {
         "no TLS session was made"
     );
 }
+
+#[tokio::test]
+async fn the_request_line_is_origin_form_with_the_base_path_and_host() {
+    // REDCap under a path prefix: the request line names `/redcap/api/`, never the
+    // absolute URL, and `Host` names REDCap (not the gateway the client called).
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 65536];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            s2.lock().unwrap().extend_from_slice(&buf[..n]);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await;
+        }
+    });
+    let gw = TestGateway::start_with(set_first("url", format!("http://{addr}/redcap"))).await;
+    let r = gw.post("content=version").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let head = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+    assert!(head.starts_with("POST /redcap/api/ HTTP/1.1\r\n"), "{head}");
+    let host = format!("host: {addr}\r\n");
+    assert!(head.to_ascii_lowercase().contains(&host), "{head}");
+}
