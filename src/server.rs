@@ -425,7 +425,7 @@ pub async fn run_live(
 ) -> std::io::Result<()> {
     // Held only for what reloads keep (restart-only settings, the drain flag, the audit
     // log), so a replaced gateway is dropped and its background tasks stop.
-    let (workers, grace, draining, audit) = {
+    let (workers, grace, draining, audit, metrics) = {
         let g = live.gateway();
         let s = &g.config.server;
         (
@@ -433,14 +433,19 @@ pub async fn run_live(
             s.shutdown_grace.0,
             g.draining.clone(),
             g.audit.clone(),
+            g.metrics.clone(),
         )
     };
     if listeners.is_empty() {
         return Err(std::io::Error::other("no listening socket"));
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (balance, mut inboxes) = Balance::new(workers, &metrics);
+    drop(metrics);
     let mut done = Vec::new();
     for i in 0..workers {
+        let inbox = inboxes.remove(0);
+        let balance = balance.clone();
         let l = match listeners.get(i) {
             Some(l) if listeners.len() >= workers => l.try_clone()?,
             _ => listeners[i % listeners.len()].try_clone()?,
@@ -455,7 +460,12 @@ pub async fn run_live(
                     .enable_all()
                     .build()
                     .and_then(|rt| {
-                        rt.block_on(serve_thread(l, g, async move {
+                        let seat = Seat {
+                            index: i,
+                            balance,
+                            inbox,
+                        };
+                        rt.block_on(serve_thread(l, seat, g, async move {
                             let _ = stopped.wait_for(|v| *v).await;
                         }))
                     });
@@ -481,6 +491,81 @@ pub async fn run_live(
     result
 }
 
+/// A new connection handed from the thread that accepted it to another.
+type Handed = (std::net::TcpStream, SocketAddr);
+
+/// Least-connections across the serving threads. Whichever thread accepts a connection
+/// (the kernel picks the socket by a hash of the addresses), it goes to the thread with
+/// the fewest open connections, the accepting one on a tie. By hash alone, 4 client
+/// connections land all on one of 2 threads one time in 8 (seen in the benchmark's
+/// moderate runs: one thread idle, p99 up); with one shared socket, the first thread to
+/// wake took a whole burst. A handoff costs one cross-thread wake per connection, never
+/// per request.
+struct Balance {
+    /// Open connections per thread: `redcap_gateway_open_connections{worker}`.
+    open: Vec<prometheus::IntGauge>,
+    inboxes: Vec<tokio::sync::mpsc::UnboundedSender<Handed>>,
+}
+
+impl Balance {
+    fn new(
+        n: usize,
+        metrics: &Metrics,
+    ) -> (
+        Arc<Balance>,
+        Vec<tokio::sync::mpsc::UnboundedReceiver<Handed>>,
+    ) {
+        let (senders, receivers) = (0..n)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let open = (0..n)
+            .map(|i| {
+                let g = metrics
+                    .open_connections
+                    .with_label_values(&[&i.to_string()]);
+                g.set(0);
+                g
+            })
+            .collect();
+        (
+            Arc::new(Balance {
+                open,
+                inboxes: senders,
+            }),
+            receivers,
+        )
+    }
+
+    /// The thread that takes a connection accepted by thread `me`; counted as open there.
+    fn pick(&self, me: usize) -> usize {
+        let load = |i: usize| self.open[i].get();
+        let mut best = me;
+        for i in 0..self.open.len() {
+            if load(i) < load(best) {
+                best = i;
+            }
+        }
+        self.open[best].inc();
+        best
+    }
+}
+
+/// A serving thread's place in the balance.
+struct Seat {
+    index: usize,
+    balance: Arc<Balance>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<Handed>,
+}
+
+/// Counts a connection as open on its thread until it ends (or its task is dropped).
+struct OpenConnection(Arc<Balance>, usize);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open[self.1].dec();
+    }
+}
+
 /// A serving thread's stack, rebuilt (with a fresh upstream pool) when the live gateway's
 /// generation moves on; requests in flight keep the chain they started on.
 struct ThreadStack<H> {
@@ -499,9 +584,11 @@ impl<H: Handler> ThreadStack<H> {
     }
 }
 
-/// One serving thread: accept, serve, and on shutdown drain within the grace period.
+/// One serving thread: accept, serve (or hand to a less busy thread), and on shutdown
+/// drain within the grace period.
 async fn serve_thread(
     listener: std::net::TcpListener,
+    mut seat: Seat,
     live: Arc<Live>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -529,21 +616,10 @@ async fn serve_thread(
     let grace = gateway.config.server.shutdown_grace.0;
     drop(gateway);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
+    let me = seat.index;
+    let serve = |stream: tokio::net::TcpStream, peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
+        let open = OpenConnection(seat.balance.clone(), me);
         let stacks = stacks.clone();
         let live = live.clone();
         let peer = PeerAddr::new(peer);
@@ -560,9 +636,69 @@ async fn serve_thread(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(open);
         });
+    };
+    let adopt = |(stream, peer): Handed| match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => Some((s, peer)),
+        Err(e) => {
+            seat.balance.open[me].dec();
+            tracing::warn!(error = %e, "a handed connection could not be adopted");
+            None
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(handed) = seat.inbox.recv() => {
+                if let Some((s, p)) = adopt(handed) {
+                    serve(s, p);
+                }
+                continue;
+            }
+            _ = &mut shutdown => break,
+        };
+        let to = seat.balance.pick(me);
+        if to == me {
+            serve(stream, peer);
+            continue;
+        }
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                seat.balance.open[to].dec();
+                tracing::warn!(error = %e, "a connection could not be handed over");
+                continue;
+            }
+        };
+        if let Err(tokio::sync::mpsc::error::SendError(back)) =
+            seat.balance.inboxes[to].send((stream, peer))
+        {
+            // That thread has stopped taking connections (shutting down): serve it here.
+            seat.balance.open[to].dec();
+            seat.balance.open[me].inc();
+            if let Some((s, p)) = adopt(back) {
+                serve(s, p);
+            }
+        }
     }
     drop(listener);
+    // Connections handed over before the stop are served (and drained) too.
+    seat.inbox.close();
+    while let Ok(handed) = seat.inbox.try_recv() {
+        if let Some((s, p)) = adopt(handed) {
+            serve(s, p);
+        }
+    }
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => {

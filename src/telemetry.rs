@@ -3,8 +3,8 @@
 //! whitelist, the gateway's actions, decisions and status classes; never user names.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -13,6 +13,8 @@ pub struct Metrics {
     pub duration: HistogramVec,
     pub upstream_duration: Histogram,
     pub in_flight: IntGauge,
+    /// Open client connections per serving thread (`server.workers` labels at most).
+    pub open_connections: IntGaugeVec,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
     pub rate_limited: IntCounterVec,
@@ -52,6 +54,13 @@ impl Metrics {
         let in_flight = IntGauge::new(
             "redcap_gateway_requests_in_flight",
             "Requests being handled",
+        )?;
+        let open_connections = IntGaugeVec::new(
+            Opts::new(
+                "redcap_gateway_open_connections",
+                "Open client connections, by serving thread",
+            ),
+            &["worker"],
         )?;
         let bytes_in = IntCounter::new(
             "redcap_gateway_request_bytes_total",
@@ -97,6 +106,7 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(bytes_in.clone()))?;
         registry.register(Box::new(bytes_out.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
@@ -110,6 +120,7 @@ impl Metrics {
             duration,
             upstream_duration,
             in_flight,
+            open_connections,
             bytes_in,
             bytes_out,
             rate_limited,

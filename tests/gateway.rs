@@ -710,3 +710,59 @@ async fn user_rules_deny_with_every_reason_and_nothing_is_forwarded() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(gw.env.fake.requests().len(), 1);
 }
+
+/// Least-connections across the serving threads: keep-alive connections opened one after
+/// another end up spread evenly over the threads, whichever socket the kernel put them
+/// on, and a connection handed to another thread is served there like any other.
+#[tokio::test]
+async fn keep_alive_connections_are_spread_over_the_serving_threads() {
+    use http_body_util::BodyExt;
+    let gw =
+        TestGateway::start_with(|t| t.replacen("[server]\n", "[server]\nworkers = 2\n", 1)).await;
+    let open = |w: &str| {
+        gw.env
+            .gateway
+            .metrics
+            .open_connections
+            .with_label_values(&[w])
+            .get()
+    };
+    let mut held = Vec::new();
+    // Balanced after every connection: by the kernel's hash alone, 10 connections stay
+    // balanced at every step one time in 32.
+    for n in 1..=10 {
+        let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..2 {
+            let req = form(
+                Request::post(gw.api())
+                    .header("host", "gateway.test")
+                    .header("authorization", format!("Bearer {}", gw.jwt)),
+                "content=version",
+            );
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let _ = resp.into_body().collect().await.unwrap();
+        }
+        held.push(send);
+        let (a, b) = (open("0"), open("1"));
+        assert_eq!(a + b, n, "every open connection counted");
+        assert!(a.abs_diff(b) <= 1, "after {n} connections: {a} and {b}");
+    }
+    drop(held);
+    for _ in 0..100 {
+        if open("0") + open("1") == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "closed connections are no longer counted: {} {}",
+        open("0"),
+        open("1")
+    );
+}
