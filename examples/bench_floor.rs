@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use redcap_gateway::body::Body;
 use redcap_gateway::http_client::{ClientHandle, ClientOptions};
-use redcap_gateway::upstream::Upstream;
+use redcap_gateway::upstream::Target;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -31,12 +31,12 @@ fn main() {
         pool_max_idle_per_host: 256,
     };
     let tls = ClientHandle::new(&opts).expect("client");
-    let pool = Upstream::new(&upstream, tls.tls(), &opts).expect("upstream");
+    let target = Target::new(&upstream, tls.tls(), &opts).expect("upstream");
     let path: hyper::Uri = upstream.path().parse().expect("path");
     let threads: Vec<_> = (0..cores)
         .map(|i| {
             let l = listeners[i % listeners.len()].try_clone().expect("clone");
-            let pool = pool.clone();
+            let target = target.clone();
             let upstream = path.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -45,7 +45,7 @@ fn main() {
                     .unwrap();
                 rt.block_on(async move {
                     let l = tokio::net::TcpListener::from_std(l).unwrap();
-                    let client = pool.sibling();
+                    let client = target.pool();
                     loop {
                         let Ok((stream, _)) = l.accept().await else {
                             continue;

@@ -19,7 +19,7 @@ pub type HttpClient = ClientHandle;
 #[derive(Clone)]
 pub struct ClientHandle {
     pub inner: Client<HttpsConnector<HttpConnector>, Body>,
-    /// The TLS setup (roots loaded once), for siblings with their own pools.
+    /// The TLS setup (roots loaded once), for the upstream pools (`upstream::Target`).
     tls: rustls::ClientConfig,
 }
 

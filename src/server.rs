@@ -62,8 +62,8 @@ pub struct Gateway {
     /// For JWKS and OIDC discovery.
     pub client: ClientHandle,
     pub api: Uri,
-    /// The pool to REDCap that each serving thread's pool is a sibling of.
-    pub upstream: crate::upstream::Upstream,
+    /// REDCap's address and TLS setup; each serving thread makes its own pool of it.
+    pub upstream: crate::upstream::Target,
     pub upstream_timeout: Duration,
     pub limits: Limits,
     pub draining: Arc<AtomicBool>,
@@ -135,7 +135,7 @@ impl Gateway {
         };
         let api = api_uri(&up.url).map_err(|e| errs.push(e)).ok();
         let upstream = match (&client, &api) {
-            (Some(c), Some(a)) => crate::upstream::Upstream::new(a, c.tls(), &up.client_options())
+            (Some(c), Some(a)) => crate::upstream::Target::new(a, c.tls(), &up.client_options())
                 .map_err(|e| errs.push(format!("upstream.url: {e}")))
                 .ok(),
             _ => None,
@@ -377,12 +377,10 @@ pub fn bind_serving(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::
     } else {
         addr
     };
-    let first = open(addr, group)?;
-    let mut all = vec![first];
+    let mut all = vec![open(addr, group)?];
     if group {
-        let bound = all[0].local_addr()?;
         for _ in 1..count {
-            match open(bound, true) {
+            match open(addr, true) {
                 Ok(l) => all.push(l),
                 Err(e) => {
                     tracing::warn!(error = %e, "SO_REUSEPORT unavailable; the serving threads share one socket");
@@ -440,16 +438,12 @@ pub async fn run_live(
         return Err(std::io::Error::other("no listening socket"));
     }
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (balance, mut inboxes) = Balance::new(workers, &metrics);
+    let (balance, inboxes) = Balance::new(workers, &metrics);
     drop(metrics);
     let mut done = Vec::new();
-    for i in 0..workers {
-        let inbox = inboxes.remove(0);
+    for (i, inbox) in inboxes.into_iter().enumerate() {
         let balance = balance.clone();
-        let l = match listeners.get(i) {
-            Some(l) if listeners.len() >= workers => l.try_clone()?,
-            _ => listeners[i % listeners.len()].try_clone()?,
-        };
+        let l = listeners[i % listeners.len()].try_clone()?;
         let g = live.clone();
         let mut stopped = stopped.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
@@ -597,7 +591,7 @@ async fn serve_thread(
     let generation = live.generation();
     let gateway = live.gateway();
     // Each thread has its own upstream pool; the TLS setup is the gateway's.
-    let build = |g: &Gateway| crate::stack::build(g, g.upstream.sibling()).into_chain();
+    let build = |g: &Gateway| crate::stack::build(g, g.upstream.pool()).into_chain();
     let first = build(&gateway);
     let stacks = Arc::new(ThreadStack {
         generation: AtomicU64::new(generation),

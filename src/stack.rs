@@ -24,7 +24,7 @@ use crate::layers::step::{Handler, Pipeline, PipelineLayer};
 use crate::layers::vault::Inject;
 use crate::server::Gateway;
 
-/// `upstream` is the serving thread's own pool (`g.upstream.sibling()`), so a request's
+/// `upstream` is the serving thread's own pool (`g.upstream.pool()`), so a request's
 /// connection tasks stay on its thread.
 pub fn build(g: &Gateway, upstream: crate::upstream::Upstream) -> Pipeline<impl Handler> {
     let self_service = SelfServiceLayer::new(

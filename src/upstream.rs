@@ -49,12 +49,16 @@ pub struct Upstream {
 }
 
 struct Inner {
-    target: Arc<Target>,
+    target: Target,
     idle: Mutex<Vec<Idle>>,
 }
 
-/// Where and how to connect; shared by the pools of every serving thread.
-struct Target {
+/// Where and how to connect to REDCap: checked once per config, shared by the pools of
+/// every serving thread. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct Target(Arc<TargetInner>);
+
+struct TargetInner {
     /// `host` for connecting (without an IPv6 address's brackets) and its port.
     host: String,
     port: u16,
@@ -69,15 +73,14 @@ struct Idle {
     since: Instant,
 }
 
-impl Upstream {
-    /// A pool for `url`'s host (`http` or `https`). `tls` is the gateway's rustls setup
-    /// (system roots plus `upstream.ca_file`); ALPN is set to HTTP/1.1 here. Starts the
-    /// pool's idle reaper when called on a runtime.
+impl Target {
+    /// REDCap at `url`'s host (`http` or `https`). `tls` is the gateway's rustls setup
+    /// (system roots plus `upstream.ca_file`); ALPN is set to HTTP/1.1 here.
     pub fn new(
         url: &Uri,
         tls: &rustls::ClientConfig,
         opts: &ClientOptions<'_>,
-    ) -> Result<Upstream, String> {
+    ) -> Result<Target, String> {
         let raw_host = url.host().ok_or("the upstream URL has no host")?;
         let host = raw_host
             .trim_start_matches('[')
@@ -98,7 +101,7 @@ impl Upstream {
         } else {
             None
         };
-        Ok(Self::pool(Arc::new(Target {
+        Ok(Target(Arc::new(TargetInner {
             host,
             port,
             tls,
@@ -108,15 +111,11 @@ impl Upstream {
         })))
     }
 
-    /// A new, empty pool to the same REDCap with the same settings: one per serving
-    /// thread, so a connection and its task stay on the thread that uses them.
-    pub fn sibling(&self) -> Upstream {
-        Self::pool(self.inner.target.clone())
-    }
-
-    fn pool(target: Arc<Target>) -> Upstream {
+    /// A new, empty pool: one per serving thread, so a connection and its task stay on
+    /// the thread that uses them. Starts the pool's idle reaper when called on a runtime.
+    pub fn pool(&self) -> Upstream {
         let inner = Arc::new(Inner {
-            target,
+            target: self.clone(),
             idle: Mutex::new(Vec::new()),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -124,7 +123,9 @@ impl Upstream {
         }
         Upstream { inner }
     }
+}
 
+impl Upstream {
     /// Sends `req` (its URI in origin form, `/api/`, and its `Host` header set) and
     /// returns REDCap's response head; the body streams from the connection.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, SendError> {
@@ -170,7 +171,7 @@ impl Inner {
     async fn checkout(&self) -> Option<SendRequest<Body>> {
         loop {
             let Idle { mut conn, since } = self.lock().pop()?;
-            if conn.is_closed() || since.elapsed() >= self.target.idle_timeout {
+            if conn.is_closed() || since.elapsed() >= self.target.0.idle_timeout {
                 continue;
             }
             // Ready at once unless the connection is still finishing the last response.
@@ -185,7 +186,7 @@ impl Inner {
             return;
         }
         let mut idle = self.lock();
-        if idle.len() < self.target.max_idle {
+        if idle.len() < self.target.0.max_idle {
             idle.push(Idle {
                 conn,
                 since: Instant::now(),
@@ -194,7 +195,7 @@ impl Inner {
     }
 
     async fn connect(&self) -> Result<SendRequest<Body>, SendError> {
-        let t = &*self.target;
+        let t = &*self.target.0;
         let connecting = async {
             let tcp = TcpStream::connect((t.host.as_str(), t.port))
                 .await
@@ -236,13 +237,13 @@ where
 /// Closes the connections idle for longer than the idle timeout; ends with the pool.
 async fn reap(pool: Weak<Inner>) {
     let every = match pool.upgrade() {
-        Some(p) => (p.target.idle_timeout / 2).max(Duration::from_millis(100)),
+        Some(p) => (p.target.0.idle_timeout / 2).max(Duration::from_millis(100)),
         None => return,
     };
     loop {
         tokio::time::sleep(every).await;
         let Some(p) = pool.upgrade() else { return };
-        let timeout = p.target.idle_timeout;
+        let timeout = p.target.0.idle_timeout;
         p.lock()
             .retain(|i| !i.conn.is_closed() && i.since.elapsed() < timeout);
     }

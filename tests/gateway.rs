@@ -419,7 +419,7 @@ async fn the_in_flight_cap_holds_across_serving_threads() {
     .await;
     let g = gw.env.gateway.clone();
     let stacks: Vec<_> = (0..2)
-        .map(|_| redcap_gateway::stack::build(&g, g.upstream.sibling()))
+        .map(|_| redcap_gateway::stack::build(&g, g.upstream.pool()))
         .collect();
     let calls: Vec<_> = (0..6)
         .map(|i| tokio::spawn(stacks[i % 2].clone().oneshot(stack_export(&gw.jwt))))
@@ -462,7 +462,7 @@ async fn caps_hold_until_the_response_body_ends() {
         })
         .await;
         let g = gw.env.gateway.clone();
-        let stack = redcap_gateway::stack::build(&g, g.upstream.sibling());
+        let stack = redcap_gateway::stack::build(&g, g.upstream.pool());
         let call = || stack.clone().oneshot(stack_export(&gw.jwt));
         let first = call().await.unwrap();
         assert_eq!(first.status(), 200);

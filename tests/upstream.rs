@@ -14,7 +14,7 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use redcap_gateway::body::Body;
 use redcap_gateway::http_client::{ClientHandle, ClientOptions};
-use redcap_gateway::upstream::Upstream;
+use redcap_gateway::upstream::{Target, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn options(idle: Duration, max_idle: usize) -> ClientOptions<'static> {
@@ -29,7 +29,7 @@ fn options(idle: Duration, max_idle: usize) -> ClientOptions<'static> {
 fn pool(addr: std::net::SocketAddr, opts: &ClientOptions<'_>) -> Upstream {
     let tls = ClientHandle::new(opts).unwrap();
     let url: http::Uri = format!("http://{addr}/api/").parse().unwrap();
-    Upstream::new(&url, tls.tls(), opts).unwrap()
+    Target::new(&url, tls.tls(), opts).unwrap().pool()
 }
 
 fn call(body: &'static str) -> http::Request<Body> {

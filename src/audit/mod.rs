@@ -124,6 +124,15 @@ impl Log {
         self.chain.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// `lock`, unless the writer thread holds the chain at this moment.
+    fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, Chain>> {
+        match self.chain.try_lock() {
+            Ok(c) => Some(c),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Seals and writes `lines` (empty ones are skipped), then flushes, and fsyncs if
     /// `sync`. The first failure is returned, and the log marked unhealthy until a
     /// write succeeds again.
@@ -336,12 +345,7 @@ impl Audit {
     pub async fn intent(&self, r: &Record<'_>) -> Result<(), AuditUnavailable> {
         let line = Self::line(r);
         if self.log.inline_intents {
-            let chain = match self.log.chain.try_lock() {
-                Ok(c) => Some(c),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            };
-            if let Some(mut chain) = chain {
+            if let Some(mut chain) = self.log.try_lock() {
                 return self
                     .log
                     .append(&mut chain, std::iter::once(line.as_str()), false)
