@@ -104,7 +104,7 @@ async fn at_most_max_idle_connections_are_kept() {
     let (addr, conns, _) = counting_upstream().await;
     let up = pool(addr, &options(Duration::from_secs(60), 2));
     // Five at once: five connections; two stay.
-    let heads: Vec<_> = futures_join(&up, 5).await;
+    let heads: Vec<_> = unread_heads(&up, 5).await;
     assert_eq!(conns.load(Ordering::SeqCst), 5);
     for h in heads {
         assert_eq!(read(h).await, "hello");
@@ -112,7 +112,7 @@ async fn at_most_max_idle_connections_are_kept() {
     assert_eq!(up.idle(), 2);
 }
 
-async fn futures_join(
+async fn unread_heads(
     up: &Upstream,
     n: usize,
 ) -> Vec<http::Response<redcap_gateway::upstream::PooledBody>> {
