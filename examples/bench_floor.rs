@@ -15,7 +15,7 @@ use redcap_gateway::http_client::{ClientHandle, ClientOptions};
 use redcap_gateway::upstream::Target;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: redcap_gateway::alloc::Mimalloc = redcap_gateway::alloc::Mimalloc;
 
 fn main() {
     let mut args = std::env::args().skip(1);

@@ -1,6 +1,7 @@
 //! redcap-gateway: an authenticating, policy-enforcing reverse proxy for REDCap's API.
 //! See docs/ARCHITECTURE.md for the design; `stack.rs` for the request path.
 
+pub mod alloc;
 pub mod audit;
 pub mod auth;
 pub mod body;

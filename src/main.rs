@@ -7,11 +7,12 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 // Many small, short-lived allocations per request: mimalloc handles them far better than
-// glibc's malloc (measured in docs/PERFORMANCE.md). Deployments set
+// glibc's malloc (measured in docs/PERFORMANCE.md); `alloc.rs` says how it is called.
+// Deployments set
 // MIMALLOC_PURGE_DELAY=1000 and MIMALLOC_ARENA_EAGER_COMMIT=0 (read before main runs) so
 // freed memory goes back to the OS within a second.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: redcap_gateway::alloc::Mimalloc = redcap_gateway::alloc::Mimalloc;
 use redcap_gateway::config::{Config, LogFormat};
 use redcap_gateway::reload::Live;
 use redcap_gateway::server::{self, Gateway};
