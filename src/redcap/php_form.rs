@@ -309,31 +309,54 @@ pub fn parse_urlencoded(body: &[u8], limits: PhpLimits) -> Result<ParsedForm, Fo
 
 /// `parse_urlencoded` on a body already in `Bytes`: names and values that need no
 /// decoding are slices of it, not copies.
+///
+/// Nearly every segment a client sends is a plain name (letters, digits, `_`, `-`), `=`,
+/// and a short value: one pass over the segment finds its end and whether the value needs
+/// decoding, with no call per piece. Anything else takes PHP's whole naming path
+/// (`register_in`). Both are checked against real PHP (`tests/php_oracle.rs`).
 pub fn parse_urlencoded_shared(body: &Bytes, limits: PhpLimits) -> Result<ParsedForm, FormError> {
-    let pieces = memchr::memchr_iter(b'&', body).count() + 1;
+    let b: &[u8] = body;
+    let guess = (b.len() / 16 + 1).min(limits.max_input_vars);
     let mut post = PhpArray::new();
-    post.entries.reserve(pieces.min(limits.max_input_vars));
-    let mut segments = Vec::with_capacity(pieces.min(limits.max_input_vars));
-    for (start, end) in split_segments(body) {
+    post.entries.reserve(guess);
+    let mut segments = Vec::with_capacity(guess);
+    let mut pos = 0usize;
+    while pos < b.len() {
         if segments.len() >= limits.max_input_vars {
-            let count = split_segments(body).count();
+            let count = split_segments(b).count();
             return Err(FormError::TooManyVars {
                 count,
                 limit: limits.max_input_vars,
             });
         }
-        let raw = &body[start..end];
-        let (raw_name, raw_value) = match memchr(b'=', raw) {
-            Some(i) => (&raw[..i], &raw[i + 1..]),
-            None => (raw, &b""[..]),
-        };
-        let value = shared(body, url_decode_cow(raw_value));
-        let (top_key, is_array) = if is_plain_name(raw_name) {
-            // Nothing to decode, trim, rewrite or index: PHP takes the name as it is.
-            let key = PhpKey::from_shared(share(body, raw_name));
+        let start = pos;
+        let mut i = start;
+        while i < b.len() && PLAIN_NAME[b[i] as usize] {
+            i += 1;
+        }
+        let stop = b.get(i).copied();
+        let end;
+        let (top_key, is_array) = if i > start && matches!(stop, None | Some(b'=' | b'&')) {
+            // A plain name: nothing to decode, trim, rewrite or index; PHP takes it as it is.
+            let value = if stop == Some(b'=') {
+                let (e, decode) = value_end(b, i + 1);
+                end = e;
+                piece(body, &b[i + 1..e], decode)
+            } else {
+                end = i;
+                Bytes::new()
+            };
+            let key = PhpKey::from_shared(body.slice(start..i));
             post.update(key.clone(), PhpValue::Str(value));
             (Some(key), false)
         } else {
+            end = memchr(b'&', &b[start..]).map_or(b.len(), |k| start + k);
+            let raw = &b[start..end];
+            let (raw_name, raw_value) = match memchr(b'=', raw) {
+                Some(k) => (&raw[..k], &raw[k + 1..]),
+                None => (raw, &b""[..]),
+            };
+            let value = shared(body, url_decode_cow(raw_value));
             let name = url_decode_cow(raw_name);
             register_in(
                 &mut post,
@@ -349,17 +372,53 @@ pub fn parse_urlencoded_shared(body: &Bytes, limits: PhpLimits) -> Result<Parsed
             top_key,
             is_array,
         });
+        pos = end + 1;
     }
     Ok(ParsedForm { post, segments })
 }
 
-/// A non-empty name of ASCII letters, digits, `_` and `-` only (nearly every name a
-/// client sends): no `+`, `%`, space, dot, bracket or NUL for PHP to act on.
-fn is_plain_name(raw: &[u8]) -> bool {
-    !raw.is_empty()
-        && raw
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+/// Bytes of a name PHP leaves alone: ASCII letters, digits, `_` and `-` (no `+`, `%`,
+/// space, dot, bracket or NUL for it to act on).
+static PLAIN_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        c += 1;
+    }
+    t
+};
+
+/// Where the value starting at `from` ends (the next `&`, or the body's end), and whether
+/// it holds a `+` or `%` to decode. Short values are scanned in one plain loop; past
+/// `SHORT * 2` bytes memchr takes over (an import's `data` runs to megabytes).
+fn value_end(b: &[u8], from: usize) -> (usize, bool) {
+    let window = (from + SHORT * 2).min(b.len());
+    let mut decode = false;
+    for (k, &c) in b[from..window].iter().enumerate() {
+        if c == b'&' {
+            return (from + k, decode);
+        }
+        decode |= c == b'+' || c == b'%';
+    }
+    if window == b.len() {
+        return (window, decode);
+    }
+    let end = memchr(b'&', &b[window..]).map_or(b.len(), |k| window + k);
+    (
+        end,
+        decode || memchr::memchr2(b'+', b'%', &b[window..end]).is_some(),
+    )
+}
+
+/// A value as `Bytes`: a slice of `body`, decoded into a copy only when it has to be.
+fn piece(body: &Bytes, raw: &[u8], decode: bool) -> Bytes {
+    if decode {
+        Bytes::from(self::decode(raw))
+    } else {
+        share(body, raw)
+    }
 }
 
 /// A decoded piece as `Bytes`: a slice of `body` when nothing was decoded.
@@ -546,6 +605,81 @@ mod tests {
         parse_urlencoded(body.as_bytes(), PhpLimits::default())
             .unwrap()
             .post
+    }
+
+    /// Values past the plain loop's window: a `&`, `+` or `%` on either side of it.
+    #[test]
+    fn long_values_end_and_decode_wherever_their_bytes_are() {
+        let long = "x".repeat(70);
+        let p = post(&format!("a={long}%41&b=1"));
+        assert_eq!(p.get_str("a"), Some(&s(&format!("{long}A"))));
+        assert_eq!(p.get_str("b"), Some(&s("1")));
+        let p = post(&format!("a={long}+"));
+        assert_eq!(p.get_str("a"), Some(&s(&format!("{long} "))));
+        for n in [62, 63, 64, 65, 200] {
+            let v = "y".repeat(n);
+            let p = post(&format!("a={v}&b=%41+&c"));
+            assert_eq!(p.get_str("a"), Some(&s(&v)), "{n}");
+            assert_eq!(p.get_str("b"), Some(&s("A ")), "{n}");
+            assert_eq!(p.get_str("c"), Some(&s("")), "{n}");
+            assert_eq!(p.len(), 3);
+        }
+    }
+
+    proptest::proptest! {
+        /// Bodies of plain names (the fast path): `$_POST` is PHP's last-wins, first-place
+        /// table of the names (canonical integers as int keys) and their decoded values,
+        /// and each segment's range is its bytes between the `&`s.
+        #[test]
+        fn plain_names_read_as_php_reads_them(
+            pairs in proptest::collection::vec(
+                ("[a-c0-9_-]{1,3}", proptest::option::of("x{0,80}[xz+%4AG&=]{0,12}")),
+                0..12,
+            ),
+            trailing in proptest::bool::ANY,
+        ) {
+            let mut body = String::new();
+            let mut expected: Vec<(PhpKey, Vec<u8>)> = Vec::new();
+            for (i, (name, value)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    body.push('&');
+                }
+                body.push_str(name);
+                // A `&` in the value starts a new segment: keep values free of it, and
+                // put `=` only after the first `=`.
+                let value = value.as_ref().map(|v| v.replace('&', ""));
+                if let Some(v) = &value {
+                    body.push('=');
+                    body.push_str(v);
+                }
+                let key = PhpKey::from_bytes(name.as_bytes());
+                let decoded = url_decode(value.unwrap_or_default().as_bytes());
+                match expected.iter_mut().find(|(k, _)| *k == key) {
+                    Some(slot) => slot.1 = decoded,
+                    None => expected.push((key, decoded)),
+                }
+            }
+            // A trailing `&` adds no segment (a lone `&` is one empty segment).
+            if trailing && !pairs.is_empty() {
+                body.push('&');
+            }
+            let form = parse_urlencoded(body.as_bytes(), PhpLimits::default()).unwrap();
+            let got: Vec<(PhpKey, Vec<u8>)> = form
+                .post
+                .iter()
+                .map(|(k, v)| match v {
+                    PhpValue::Str(b) => (k.clone(), b.to_vec()),
+                    PhpValue::Array(_) => panic!("no arrays here"),
+                })
+                .collect();
+            proptest::prop_assert_eq!(got, expected);
+            proptest::prop_assert_eq!(form.segments.len(), pairs.len());
+            for seg in &form.segments {
+                let raw = &body.as_bytes()[seg.start..seg.end];
+                proptest::prop_assert!(!raw.contains(&b'&'));
+                proptest::prop_assert!(seg.end == body.len() || body.as_bytes()[seg.end] == b'&');
+            }
+        }
     }
 
     fn s(v: &str) -> PhpValue {
