@@ -30,32 +30,40 @@ fn plain(align: usize, size: usize) -> bool {
     align <= MAX_PLAIN_ALIGN && align <= size
 }
 
+/// mimalloc's plain and aligned entry points for one kind of allocation.
+type Plain = unsafe extern "C" fn(usize) -> *mut c_void;
+type Aligned = unsafe extern "C" fn(usize, usize) -> *mut c_void;
+
+/// A block of `layout` from the plain entry point when that already aligns it.
+///
+/// # Safety
+/// `layout` has a non-zero size (GlobalAlloc's contract); the functions are mimalloc's.
+#[inline(always)]
+unsafe fn block(layout: Layout, plain_fn: Plain, aligned_fn: Aligned) -> *mut u8 {
+    // SAFETY: FFI calls with a size and a power-of-two alignment from a valid Layout.
+    unsafe {
+        if plain(layout.align(), layout.size()) {
+            plain_fn(layout.size()).cast()
+        } else {
+            aligned_fn(layout.size(), layout.align()).cast()
+        }
+    }
+}
+
 // SAFETY: every pointer handed out comes from mimalloc and is freed by `mi_free`, which
 // takes blocks from both the plain and the aligned entry points; the alignment asked for
 // is met either by mimalloc's guarantee (`plain`) or by the aligned call.
 unsafe impl GlobalAlloc for Mimalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: FFI calls with a size and a power-of-two alignment from a valid Layout.
-        unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_malloc(layout.size()).cast()
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: as `block` requires (GlobalAlloc's contract).
+        unsafe { block(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as in `alloc`.
-        unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_zalloc(layout.size()).cast()
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()).cast()
-            }
-        }
+        // SAFETY: as `block` requires (GlobalAlloc's contract).
+        unsafe { block(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
