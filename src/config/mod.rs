@@ -31,6 +31,8 @@ pub struct Config {
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
     #[serde(default)]
+    pub metadata: MetadataConfig,
+    #[serde(default)]
     pub projects: BTreeMap<String, ProjectConfig>,
 }
 
@@ -487,6 +489,48 @@ pub struct GrantConfig {
     pub users: Vec<String>,
     /// `content:action` pairs (`record:export`, `user:*`) or bundles (`read`).
     pub allow: Vec<String>,
+    /// REDCap's Data Export right for the grant's members on every instrument not named
+    /// in `export_forms`. Left out: `none` (no record data), so a grant never silently
+    /// hands out the token owner's full data set.
+    #[serde(default)]
+    pub export: Option<ExportLevel>,
+    /// Per-instrument export rights (unique instrument name -> level).
+    #[serde(default)]
+    pub export_forms: BTreeMap<String, ExportLevel>,
+}
+
+/// REDCap's Data Export rights levels (codes 0, 2, 3, 1 in REDCap's Users API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportLevel {
+    /// No Access: no field of the instrument.
+    None,
+    /// De-Identified: no identifier, free text, notes or date fields.
+    Deidentified,
+    /// Remove All Identifier Fields: no identifier-tagged fields.
+    RemoveIdentifiers,
+    /// Full Data Set.
+    Full,
+}
+
+/// The project metadata the gateway keeps to apply export rights.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// How often each project's metadata is fetched again (the last good copy is kept
+    /// when REDCap cannot be reached).
+    pub refresh_interval: Dur,
+    /// Longest wait for one fetch (metadata, field names, events).
+    pub timeout: Dur,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Dur(Duration::from_secs(300)),
+            timeout: Dur(Duration::from_secs(30)),
+        }
+    }
 }
 
 /// Everything wrong with a config, listed together.
@@ -709,6 +753,13 @@ impl Config {
                         errs.push(format!("{at}.grants[{i}]: {e}"));
                     }
                 }
+                for form in g.export_forms.keys() {
+                    if !is_instrument_name(form) {
+                        errs.push(format!(
+                            "{at}.grants[{i}].export_forms: {form:?} is not a unique instrument name (lower-case letters, digits and _)"
+                        ));
+                    }
+                }
             }
         }
         if errs.is_empty() {
@@ -717,6 +768,14 @@ impl Config {
             Err(ConfigError::Invalid(errs))
         }
     }
+}
+
+/// REDCap's unique instrument names: lower-case letters, digits and `_`.
+pub fn is_instrument_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 pub fn is_project_name(name: &str) -> bool {

@@ -2,6 +2,7 @@
 //! REDCap-aware rules on user, role and DAG changes (`users.rs`). Decisions are pure
 //! functions of (Principal, RedcapCall, policy, now).
 
+pub mod export;
 pub mod users;
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use crate::auth::Principal;
 use crate::config::{GrantConfig, ProjectConfig};
 use crate::redcap::call::{Operation, RedcapCall, CONTENTS};
 use crate::redcap::user_data;
+pub use export::{ExportLevel, ExportRights};
 pub use users::{Effect, UserRules};
 
 /// Actions a permission can name.
@@ -139,6 +141,7 @@ struct Grant {
     groups: Vec<String>,
     users: Vec<String>,
     permissions: Vec<Permission>,
+    export: ExportRights,
 }
 
 impl Grant {
@@ -155,6 +158,8 @@ impl Grant {
 pub struct ProjectPolicy {
     grants: Vec<Grant>,
     users: UserRules,
+    /// Every grant gives Full Data Set everywhere: export rights never apply.
+    all_full: bool,
 }
 
 impl ProjectPolicy {
@@ -181,11 +186,38 @@ impl ProjectPolicy {
                 groups: g.groups.clone(),
                 users: g.users.clone(),
                 permissions,
+                export: ExportRights::of_grant(g),
             });
         }
         Ok(ProjectPolicy {
+            all_full: out.iter().all(|g| g.export.is_full()),
             grants: out,
             users: UserRules::compile(rules, token_owner)?,
+        })
+    }
+
+    /// The caller's export rights: per instrument the widest of the grants naming them
+    /// (none when no grant does). `None` when they are Full Data Set everywhere, the
+    /// common case, answered without building anything.
+    pub fn export_rights(&self, who: &Principal) -> Option<ExportRights> {
+        if self.all_full {
+            return None;
+        }
+        let mine = self.grants.iter().filter(|g| g.applies_to(who));
+        if mine.clone().any(|g| g.export.is_full()) {
+            return None;
+        }
+        Some(ExportRights::widest(mine.map(|g| &g.export)))
+    }
+
+    /// True when a grant naming `who` allows `user` export by name (`user:export` or
+    /// `user:*`), not only through a wildcard content: the list of the project's users
+    /// is then shown to callers whose data export rights are restricted.
+    pub fn names_user_export(&self, who: &Principal) -> bool {
+        self.grants.iter().filter(|g| g.applies_to(who)).any(|g| {
+            g.permissions
+                .iter()
+                .any(|p| p.content == "user" && (p.action == "export" || p.action == "*"))
         })
     }
 
@@ -231,6 +263,14 @@ impl ProjectPolicy {
             );
         }
         trace.push(|| format!("grants: {} allowed for {}", perm(), who.user));
+        trace.push(|| match self.export_rights(who) {
+            None => "export rights: full (Full Data Set on every instrument)".to_string(),
+            Some(r) => format!(
+                "export rights: {} (widest per instrument of the grants naming {}; a grant without `export` gives none)",
+                r.describe(),
+                who.user
+            ),
+        });
         let rows = || {
             let data = call.data.as_deref().unwrap_or(b"");
             user_data::parse(call.format.as_str(), data)
@@ -317,6 +357,26 @@ impl Policy {
         self.projects.get(project).is_some_and(|p| p.names(who))
     }
 
+    /// The caller's restricted export rights on a project (`None`: Full Data Set).
+    pub fn export_rights(&self, project: &str, who: &Principal) -> Option<ExportRights> {
+        match self.projects.get(project) {
+            Some(p) => p.export_rights(who),
+            None => Some(ExportRights::none()),
+        }
+    }
+
+    pub fn names_user_export(&self, project: &str, who: &Principal) -> bool {
+        self.projects
+            .get(project)
+            .is_some_and(|p| p.names_user_export(who))
+    }
+
+    /// True when some caller of the project may have restricted export rights (the
+    /// gateway then keeps the project's metadata).
+    pub fn restricts_exports(&self, project: &str) -> bool {
+        self.projects.get(project).is_some_and(|p| !p.all_full)
+    }
+
     pub fn decide(&self, project: &str, who: &Principal, call: &RedcapCall) -> Decision {
         match self.projects.get(project) {
             Some(p) => p.decide(who, call, crate::auth::personal::now_unix()),
@@ -354,6 +414,8 @@ mod tests {
             groups: groups.iter().map(|s| s.to_string()).collect(),
             users: users.iter().map(|s| s.to_string()).collect(),
             allow: allow.iter().map(|s| s.to_string()).collect(),
+            export: Some(ExportLevel::Full),
+            export_forms: Default::default(),
         }])
         .unwrap()
     }

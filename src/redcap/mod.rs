@@ -3,6 +3,8 @@
 
 pub mod call;
 pub mod error_body;
+pub mod logic;
+pub mod metadata;
 pub mod multipart;
 pub mod php_form;
 pub mod user_data;
