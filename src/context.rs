@@ -35,6 +35,8 @@ pub struct RequestContext {
     /// lives until the response body has been sent (the final audit record's guard holds
     /// it), so a long export keeps its place while it streams, not only until its head.
     pub in_flight: OnceLock<tokio::sync::OwnedSemaphorePermit>,
+    /// A restricted export's effective rights and the field set asked of REDCap.
+    pub export: OnceLock<ExportAudit>,
     pub concurrency: OnceLock<crate::ratelimit::Permit>,
 }
 
@@ -65,6 +67,35 @@ impl RequestContext {
     pub fn set_error_format(&self, f: ReturnFormat) {
         if let Ok(mut g) = self.error_format.lock() {
             *g = Some(f);
+        }
+    }
+}
+
+/// What the audit record says of a restricted export.
+#[derive(Debug, Clone)]
+pub struct ExportAudit {
+    /// `deidentified; consent=none`.
+    pub rights: String,
+    /// The fields asked of REDCap, or `sha256:<hex> (<n> fields)` past 512 characters.
+    pub fields: String,
+    /// Named fields and instruments the rights removed.
+    pub dropped: Vec<String>,
+}
+
+impl ExportAudit {
+    pub fn new(rights: &crate::policy::ExportRights, fields: &str, dropped: Vec<String>) -> Self {
+        let fields = if fields.len() <= 512 {
+            fields.to_string()
+        } else {
+            use sha2::Digest;
+            let h = sha2::Sha256::digest(fields.as_bytes());
+            let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+            format!("sha256:{hex} ({} fields)", fields.split(',').count())
+        };
+        ExportAudit {
+            rights: rights.describe(),
+            fields,
+            dropped,
         }
     }
 }

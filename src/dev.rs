@@ -19,6 +19,8 @@ use crate::server::Gateway;
 pub const DEV_ISSUER: &str = "https://dev-issuer.redcap-gateway.invalid";
 pub const DEV_AUDIENCE: &str = "redcap-gateway";
 pub const DEV_GROUP: &str = "redcap-dev";
+/// The demo group with De-Identified export rights.
+pub const DEV_DEID_GROUP: &str = "redcap-analysts";
 pub const DEV_PROJECT: &str = "demo";
 pub const DEV_KID: &str = "dev-key-1";
 
@@ -196,6 +198,13 @@ token_owner = "redcap_owner"
 [[projects.{DEV_PROJECT}.grants]]
 groups = ["{DEV_GROUP}"]
 allow = ["read", "record:import", "user:*", "userDagMapping:*", "userRole:export", "userRoleMapping:*", "file:*"]
+export = "full"
+
+# Analysts: records without identifiers, free text, notes or dates (REDCap's De-Identified).
+[[projects.{DEV_PROJECT}.grants]]
+groups = ["{DEV_DEID_GROUP}"]
+allow = ["read"]
+export = "deidentified"
 
 [projects.{DEV_PROJECT}.user_rules]
 username_pattern = "[a-z][a-z0-9_]{{1,31}}"
@@ -263,6 +272,9 @@ impl DevEnv {
         let gateway = Gateway::build(config, vec![issuer.gateway_issuer()?])
             .await
             .map_err(|e| e.join("\n"))?;
+        // The gateway's own start-up calls (project metadata), so tests see only what
+        // their clients' requests caused.
+        fake.clear_requests();
         Ok(DevEnv {
             fake,
             issuer,

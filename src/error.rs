@@ -43,6 +43,8 @@ pub enum GatewayError {
     ShuttingDown,
     #[error("the project's REDCap token is not available")]
     TokenUnavailable,
+    #[error("the project's metadata could not be loaded from REDCap, so your export rights cannot be applied; retry shortly")]
+    MetadataUnavailable,
     #[error("the audit log cannot be written; changes are refused until it can")]
     AuditUnavailable,
     #[error("the personal-token file cannot be written; retry shortly")]
@@ -73,6 +75,7 @@ impl GatewayError {
             Overloaded
             | ShuttingDown
             | TokenUnavailable
+            | MetadataUnavailable
             | AuditUnavailable
             | TokenStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -89,6 +92,7 @@ impl GatewayError {
             | TokenUnavailable
             | AuditUnavailable
             | TokenStoreUnavailable => Side::Gateway,
+            MetadataUnavailable => Side::Upstream,
             UpstreamUnreachable | UpstreamTimeout => Side::Upstream,
             _ => Side::Client,
         }
@@ -110,6 +114,7 @@ impl GatewayError {
             Overloaded => "overloaded",
             ShuttingDown => "shutting_down",
             TokenUnavailable => "token_unavailable",
+            MetadataUnavailable => "metadata_unavailable",
             AuditUnavailable => "audit_unavailable",
             TokenStoreUnavailable => "token_store_unavailable",
             RateLimited { .. } => "rate_limited",

@@ -121,6 +121,39 @@ impl ClientHandle {
     }
 }
 
+impl ClientHandle {
+    /// POST a form to REDCap's API (the gateway's own calls, e.g. metadata) and read a
+    /// bounded answer. A status other than 200 is an error naming it (REDCap's message
+    /// is not echoed: it could quote the request).
+    pub async fn post_form(
+        &self,
+        url: &http::Uri,
+        body: Bytes,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Bytes, String> {
+        let req = http::Request::post(url.clone())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(crate::body::full(body))
+            .map_err(|e| e.to_string())?;
+        let fut = async {
+            let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
+            if resp.status() != http::StatusCode::OK {
+                return Err(format!("REDCap answered HTTP {}", resp.status()));
+            }
+            collect_limited(resp.into_body(), limit)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| format!("timed out after {timeout:?}"))?
+    }
+}
+
 /// `max-age=N` from a Cache-Control value (`no-store`/`no-cache` mean 0).
 pub fn max_age(v: &str) -> Option<Duration> {
     for d in v.split(',').map(str::trim) {

@@ -13,6 +13,7 @@ pub mod fake_redcap;
 pub mod forward;
 pub mod http_client;
 pub mod layers;
+pub mod metadata_cache;
 pub mod policy;
 pub mod ratelimit;
 pub mod redcap;

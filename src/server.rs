@@ -72,6 +72,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub audit: Arc<Audit>,
     pub limits_rt: Arc<RateLimits>,
+    /// Metadata of the projects whose grants restrict exports.
+    pub metadata: Arc<crate::metadata_cache::MetadataCache>,
     /// Issuers made in code (the dev issuer); a reload keeps them.
     extra_issuers: Vec<Arc<Issuer>>,
     /// JWKS refreshes, shared with a reloaded gateway that keeps the same issuers.
@@ -246,6 +248,23 @@ impl Gateway {
         if let Some(p) = &personal {
             tasks.push(p.spawn_reloader(every, counted));
         }
+        let policy = Arc::new(Policy::new(policies));
+        let restricted = config
+            .projects
+            .keys()
+            .filter(|p| policy.restricts_exports(p))
+            .cloned();
+        let metadata = crate::metadata_cache::MetadataCache::new(
+            restricted,
+            client.clone(),
+            api.clone(),
+            vault.clone(),
+            config.metadata.timeout.0,
+            metrics.clone(),
+            carry.map(|c| &*c.metadata),
+        );
+        metadata.load_missing().await;
+        tasks.push(metadata.spawn_refresher(config.metadata.refresh_interval.0));
         let l = &config.limits;
         let limits = Limits {
             max_concurrent: l.max_concurrent_requests,
@@ -272,7 +291,8 @@ impl Gateway {
             jwt,
             vault,
             personal,
-            policy: Arc::new(Policy::new(policies)),
+            policy,
+            metadata,
             client,
             api,
             upstream,

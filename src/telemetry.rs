@@ -22,6 +22,10 @@ pub struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub redis_errors: IntCounter,
+    /// Project metadata fetches (export rights), by project and result.
+    pub metadata_refreshes: IntCounterVec,
+    /// When each project's metadata copy was fetched (its age is `time() - this`).
+    pub metadata_fetched: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -102,6 +106,22 @@ impl Metrics {
             "redcap_gateway_redis_errors_total",
             "Rate-limit calls to Redis that failed",
         )?;
+        let metadata_refreshes = IntCounterVec::new(
+            Opts::new(
+                "redcap_gateway_metadata_refreshes_total",
+                "Fetches of a project's metadata for export rights, by project and result (ok, error)",
+            ),
+            &["project", "result"],
+        )?;
+        let metadata_fetched = IntGaugeVec::new(
+            Opts::new(
+                "redcap_gateway_metadata_fetched_timestamp_seconds",
+                "Unix time of the project's metadata copy in use (its age: time() - this)",
+            ),
+            &["project"],
+        )?;
+        registry.register(Box::new(metadata_refreshes.clone()))?;
+        registry.register(Box::new(metadata_fetched.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -128,6 +148,8 @@ impl Metrics {
             jwks_refreshes,
             config_reloads,
             redis_errors,
+            metadata_refreshes,
+            metadata_fetched,
         })
     }
 

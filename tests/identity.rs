@@ -406,7 +406,7 @@ async fn kubernetes_service_accounts() {
     );
     let gw = TestGateway::start_with(move |t| {
         let t = with_issuer(section)(t);
-        format!("{t}\n[[projects.demo.grants]]\ngroups = [\"system:serviceaccounts:pipelines\"]\nallow = [\"record:export\"]\n")
+        format!("{t}\n[[projects.demo.grants]]\ngroups = [\"system:serviceaccounts:pipelines\"]\nallow = [\"record:export\"]\nexport = \"full\"\n")
     })
     .await;
     let sa = |ns: &str, name: &str, claimed_ns: &str| {
@@ -562,7 +562,7 @@ async fn personal_tokens_are_bound_to_their_project() {
     let token_file = dir.path().join("other.token");
     std::fs::write(&token_file, "FEDCBA9876543210FEDCBA9876543210").unwrap();
     let other = format!(
-        "\n[projects.other]\ntoken = \"file:{}\"\n[[projects.other.grants]]\nusers = [\"dev-user\"]\nallow = [\"read\"]\n",
+        "\n[projects.other]\ntoken = \"file:{}\"\n[[projects.other.grants]]\nusers = [\"dev-user\"]\nallow = [\"read\"]\nexport = \"full\"\n",
         token_file.display()
     );
     let gw =

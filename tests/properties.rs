@@ -64,7 +64,7 @@ proptest! {
     #[test]
     fn rewrite_changes_only_token_and_stripped_fields(b in body()) {
         let Ok(form) = parse_urlencoded(&b, PhpLimits::default()) else { return Ok(()) };
-        let Ok(out) = rewrite_urlencoded(&b, &form, &Secret::new(TOKEN.into()), 1000) else { return Ok(()) };
+        let Ok(out) = rewrite_urlencoded(&b, &form, &Secret::new(TOKEN.into()), 1000, None) else { return Ok(()) };
         let again = parse_urlencoded(&out, PhpLimits::default()).expect("the rewrite parses");
         // Everything REDCap reads is the same, except the fields we replace or remove.
         prop_assert_eq!(without(&form.post, STRIPPED_FIELDS), without(&again.post, &["token"]));

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = RedcapCall::from_form(&form);
     let token = Secret::new("0123456789ABCDEF0123456789ABCDEF".into());
-    let Ok(out) = rewrite_urlencoded(data, &form, &token, 1000) else {
+    let Ok(out) = rewrite_urlencoded(data, &form, &token, 1000, None) else {
         return;
     };
     let again = parse_urlencoded(&out, PhpLimits::default()).expect("the rewrite parses");

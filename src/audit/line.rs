@@ -36,6 +36,9 @@ pub fn to_json(r: &Record<'_>) -> String {
     o.list(key!("reasons"), r.reasons);
     o.list(key!("users"), r.users);
     o.list(key!("changes"), r.changes);
+    o.opt_str(key!("export_rights"), r.export_rights);
+    o.opt_str(key!("export_fields"), r.export_fields);
+    o.list(key!("export_dropped"), r.export_dropped);
     o.opt_int(key!("status"), r.status.map(u64::from));
     o.opt_int(key!("upstream_status"), r.upstream_status.map(u64::from));
     o.opt_str(key!("error"), r.error);
@@ -249,6 +252,8 @@ mod tests {
             phase in prop_oneof![Just("final"), Just("intent")],
             decision in prop_oneof![Just("allow"), Just("deny"), Just("none")],
         ) {
+            let (export_rights, export_fields, export_dropped) =
+                (lit(user.clone()), lit(content.clone()), leak(users.clone()));
             let r = Record {
                 time,
                 phase,
@@ -267,6 +272,9 @@ mod tests {
                 reasons: leak(reasons),
                 users: leak(users),
                 changes: &[],
+                export_rights,
+                export_fields,
+                export_dropped,
                 status,
                 upstream_status: status.map(|s| s / 2),
                 error: None,

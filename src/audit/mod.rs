@@ -59,6 +59,15 @@ pub struct Record<'a> {
     /// Rights, DAGs and roles set: `user: field=value`.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub changes: &'a [String],
+    /// A restricted export's effective rights (`deidentified; consent=none`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_rights: Option<&'a str>,
+    /// The field set asked of REDCap (or its hash when long).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_fields: Option<&'a str>,
+    /// Named fields and instruments the rights removed.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub export_dropped: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]

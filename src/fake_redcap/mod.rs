@@ -85,11 +85,19 @@ impl FakeProject {
                 ("field_annotation", ""),
             ])
         };
+        let tagged = |mut r: Row, k: &str, v: &str| {
+            r.set(k, v);
+            r
+        };
         let record = |id: &str, name: &str, age: &str| {
             Row::of(&[
                 ("record_id", id),
                 ("name", name),
                 ("age", age),
+                ("dob", "1990-01-01"),
+                ("notes", "called on Monday"),
+                ("diet___1", "1"),
+                ("diet___2", "0"),
                 ("demographics_complete", "2"),
                 ("consent_file", ""),
                 ("consent_complete", "0"),
@@ -140,8 +148,27 @@ impl FakeProject {
             title: "Gateway demo project".into(),
             metadata: vec![
                 field("record_id", "demographics", "text", "Record ID"),
-                field("name", "demographics", "text", "Name"),
-                field("age", "demographics", "text", "Age"),
+                tagged(
+                    field("name", "demographics", "text", "Name"),
+                    "identifier",
+                    "y",
+                ),
+                tagged(
+                    field("age", "demographics", "text", "Age"),
+                    "text_validation_type_or_show_slider_number",
+                    "integer",
+                ),
+                tagged(
+                    field("dob", "demographics", "text", "Date of birth"),
+                    "text_validation_type_or_show_slider_number",
+                    "date_ymd",
+                ),
+                field("notes", "demographics", "notes", "Notes"),
+                tagged(
+                    field("diet", "demographics", "checkbox", "Diet"),
+                    "select_choices_or_calculations",
+                    "1, Vegetarian | 2, Vegan",
+                ),
                 field("consent_file", "consent", "file", "Signed consent"),
             ],
             records: vec![
@@ -250,6 +277,11 @@ impl FakeRedcap {
         if let Ok(mut s) = self.state.lock() {
             s.projects.insert(token.to_string(), project);
         }
+    }
+
+    /// Forgets a project: its token is then refused with 403, as a revoked one is.
+    pub fn remove_project(&self, token: &str) -> Option<FakeProject> {
+        self.state.lock().ok()?.projects.remove(token)
     }
 
     pub fn project(&self, token: &str) -> Option<FakeProject> {
@@ -398,6 +430,114 @@ fn count(fmt: &str, n: usize) -> Response<Body> {
     }
 }
 
+/// Export Records as REDCap answers it: `fields` and `forms` (arrays or comma strings) are
+/// a union, a form bringing its fields and `{form}_complete`; the record id only when
+/// named by either; every field when neither is given; checkboxes as `name___code`
+/// columns; `exportDataAccessGroups` and `exportSurveyFields` add their columns;
+/// `type=eav` gives one row per value.
+fn export_records(project: &FakeProject, rec: &RecordedRequest, format: &str) -> Response<Body> {
+    let flag = |n: &str| {
+        rec.param(n)
+            .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    };
+    let ids = values(rec.post.get_str("records"));
+    let fields = values(rec.post.get_str("fields"));
+    let forms = values(rec.post.get_str("forms"));
+    let meta = &project.metadata;
+    let record_id = meta
+        .first()
+        .and_then(|m| m.get("field_name"))
+        .unwrap_or("record_id")
+        .to_string();
+    let mut order: Vec<(String, String)> = Vec::new(); // (form, field) in export order
+    for (i, m) in meta.iter().enumerate() {
+        let form = m.get("form_name").unwrap_or("").to_string();
+        order.push((form.clone(), m.get("field_name").unwrap_or("").to_string()));
+        let last = meta.get(i + 1).and_then(|n| n.get("form_name")) != Some(form.as_str());
+        if last {
+            order.push((form.clone(), format!("{form}_complete")));
+        }
+    }
+    let known = |f: &String| order.iter().any(|(_, n)| n == f);
+    if let Some(bad) = fields.iter().find(|f| !known(f)) {
+        return error(
+            400,
+            ReturnFormat::from_param(format.as_bytes()),
+            &format!("The following values in the parameter \"fields\" are not valid: '{bad}'"),
+        );
+    }
+    let all = fields.is_empty() && forms.is_empty();
+    let mut columns: Vec<String> = Vec::new();
+    if flag("exportSurveyFields") {
+        columns.push("redcap_survey_identifier".into());
+    }
+    let mut seen_forms: Vec<String> = Vec::new();
+    for (form, name) in &order {
+        if !(all || fields.contains(name) || forms.contains(form)) {
+            continue;
+        }
+        if flag("exportSurveyFields") && !seen_forms.contains(form) {
+            seen_forms.push(form.clone());
+            columns.push(format!("{form}_timestamp"));
+        }
+        let m = meta
+            .iter()
+            .find(|m| m.get("field_name") == Some(name.as_str()));
+        match m.and_then(|m| m.get("field_type")) {
+            Some("descriptive") => {}
+            Some("checkbox") => {
+                let choices = m
+                    .and_then(|m| m.get("select_choices_or_calculations"))
+                    .unwrap_or("");
+                for c in choices.split('|') {
+                    let code = c.split(',').next().unwrap_or("").trim();
+                    columns.push(format!("{name}___{code}"));
+                }
+            }
+            _ => columns.push(name.clone()),
+        }
+    }
+    // The record id leads, then the DAG column, then the rest.
+    if let Some(i) = columns.iter().position(|c| *c == record_id) {
+        let id = columns.remove(i);
+        columns.insert(0, id);
+    }
+    if flag("exportDataAccessGroups") {
+        let at = usize::from(columns.first() == Some(&record_id));
+        columns.insert(at, "redcap_data_access_group".into());
+    }
+    let chosen = project
+        .records
+        .iter()
+        .filter(|r| ids.is_empty() || ids.iter().any(|i| Some(i.as_str()) == r.get(&record_id)));
+    let out: Vec<Row> = if rec.param("type").as_deref() == Some("eav") {
+        chosen
+            .flat_map(|r| {
+                let id = r.get(&record_id).unwrap_or("").to_string();
+                columns
+                    .iter()
+                    .filter_map(|c| {
+                        let v = r.get(c).unwrap_or("");
+                        (!v.is_empty())
+                            .then(|| Row::of(&[("record", &id), ("field_name", c), ("value", v)]))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    } else {
+        chosen
+            .map(|r| {
+                Row(columns
+                    .iter()
+                    .map(|c| (c.clone(), r.get(c).unwrap_or("").to_string()))
+                    .collect())
+            })
+            .collect()
+    };
+    let (text, ct) = write_rows(format, &out);
+    respond(200, ct, text)
+}
+
 fn plain_count(n: usize) -> Response<Body> {
     respond(200, "text/html; charset=UTF-8", n.to_string())
 }
@@ -436,18 +576,45 @@ fn api(state: &mut State, rec: &RecordedRequest) -> Response<Body> {
                 ("purpose", "1"),
             ])],
         ),
-        "metadata" => rows(&format, &project.metadata),
+        "metadata" => match data {
+            // Import Metadata replaces the data dictionary and answers the field count.
+            Some(d) => match parse_rows(&format, d.as_bytes()) {
+                Ok(new) => {
+                    let n = new.len();
+                    project.metadata = new;
+                    count(rf.as_str(), n)
+                }
+                Err(e) => error(400, rf, &e),
+            },
+            None => rows(&format, &project.metadata),
+        },
         "exportFieldNames" => {
             let fields: Vec<Row> = project
                 .metadata
                 .iter()
-                .map(|m| {
-                    let n = m.get("field_name").unwrap_or("");
-                    Row::of(&[
-                        ("original_field_name", n),
-                        ("choice_value", ""),
-                        ("export_field_name", n),
-                    ])
+                .flat_map(|m| {
+                    let n = m.get("field_name").unwrap_or("").to_string();
+                    match m.get("field_type") {
+                        Some("descriptive") => Vec::new(),
+                        Some("checkbox") => m
+                            .get("select_choices_or_calculations")
+                            .unwrap_or("")
+                            .split('|')
+                            .map(|c| {
+                                let code = c.split(',').next().unwrap_or("").trim();
+                                Row::of(&[
+                                    ("original_field_name", &n),
+                                    ("choice_value", code),
+                                    ("export_field_name", &format!("{n}___{code}")),
+                                ])
+                            })
+                            .collect(),
+                        _ => vec![Row::of(&[
+                            ("original_field_name", &n),
+                            ("choice_value", ""),
+                            ("export_field_name", &n),
+                        ])],
+                    }
                 })
                 .collect();
             rows(&format, &fields)
@@ -484,30 +651,7 @@ fn api(state: &mut State, rec: &RecordedRequest) -> Response<Body> {
                 }
                 Err(e) => error(400, rf, &e),
             },
-            _ => {
-                let ids = values(rec.post.get_str("records"));
-                let fields = values(rec.post.get_str("fields"));
-                let out: Vec<Row> = project
-                    .records
-                    .iter()
-                    .filter(|r| {
-                        ids.is_empty() || ids.iter().any(|i| Some(i.as_str()) == r.get("record_id"))
-                    })
-                    .map(|r| {
-                        if fields.is_empty() {
-                            r.clone()
-                        } else {
-                            Row(r
-                                .0
-                                .iter()
-                                .filter(|(k, _)| fields.contains(k))
-                                .cloned()
-                                .collect())
-                        }
-                    })
-                    .collect();
-                rows(&format, &out)
-            }
+            _ => export_records(project, rec, &format),
         },
         "user" => {
             if action == "delete" {

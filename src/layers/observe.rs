@@ -79,6 +79,9 @@ pub fn record<'a>(ctx: &'a RequestContext, phase: &'static str) -> Record<'a> {
             .or_else(|| call.map(|c| c.users.as_slice()))
             .unwrap_or(NONE),
         changes: d.map_or(NONE, |d| d.effect.changes.as_slice()),
+        export_rights: ctx.export.get().map(|e| e.rights.as_str()),
+        export_fields: ctx.export.get().map(|e| e.fields.as_str()),
+        export_dropped: ctx.export.get().map_or(NONE, |e| e.dropped.as_slice()),
         error: ctx.error.get().map(|(k, _)| *k),
         bytes_in: ctx.bytes_in.get().copied(),
         upstream_status: ctx.upstream_status.get().copied(),

@@ -32,6 +32,11 @@ impl ParsedBody {
     pub fn take(&self) -> Option<FormBody> {
         self.0.lock().ok()?.take()
     }
+
+    /// Looks at the body without taking it.
+    pub fn with<T>(&self, f: impl FnOnce(&FormBody) -> T) -> Option<T> {
+        self.0.lock().ok()?.as_ref().map(f)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

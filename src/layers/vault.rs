@@ -45,9 +45,15 @@ fn is_stripped_header(h: &HeaderName) -> bool {
     )
 }
 
-fn stripped(key: &Option<PhpKey>) -> bool {
+/// Fields replaced by the gateway's own when export rights spell out the field set.
+const REPLACED_BY_FIELDS: &[&str] = &["fields", "forms"];
+
+fn stripped(key: &Option<PhpKey>, fields: Option<&str>) -> bool {
     match key {
-        Some(PhpKey::Str(s)) => STRIPPED_FIELDS.iter().any(|f| f.as_bytes() == &s[..]),
+        Some(PhpKey::Str(s)) => {
+            STRIPPED_FIELDS.iter().any(|f| f.as_bytes() == &s[..])
+                || (fields.is_some() && REPLACED_BY_FIELDS.iter().any(|f| f.as_bytes() == &s[..]))
+        }
         _ => false,
     }
 }
@@ -70,14 +76,21 @@ impl Inject {
 }
 
 /// The urlencoded body for REDCap: the client's segments minus stripped ones, then ours.
+/// With `fields` (a restricted export's field set: names of `[a-z0-9_]` and commas, so
+/// nothing to encode), the client's `fields` and `forms` are replaced by it.
 pub fn rewrite_urlencoded(
     raw: &[u8],
     form: &ParsedForm,
     token: &Secret,
     max_vars: usize,
+    fields: Option<&str>,
 ) -> Result<Bytes> {
-    let kept = || form.segments.iter().filter(|s| !stripped(&s.top_key));
-    if kept().count() + 1 > max_vars {
+    let kept = || {
+        form.segments
+            .iter()
+            .filter(|s| !stripped(&s.top_key, fields))
+    };
+    if kept().count() + 1 + usize::from(fields.is_some()) > max_vars {
         return Err(GatewayError::BadRequest(format!(
             "the body has too many parameters to add the project token (PHP max_input_vars is {max_vars})"
         )));
@@ -86,6 +99,11 @@ pub fn rewrite_urlencoded(
     let mut out = Vec::with_capacity(raw.len() + secret.len() + 8);
     for s in kept() {
         out.extend_from_slice(&raw[s.start..s.end]);
+        out.push(b'&');
+    }
+    if let Some(f) = fields {
+        out.extend_from_slice(b"fields=");
+        out.extend_from_slice(f.as_bytes());
         out.push(b'&');
     }
     out.extend_from_slice(b"token=");
@@ -104,16 +122,21 @@ fn rewrite_multipart(
     mp: MultipartForm,
     token: &Secret,
     max_vars: usize,
+    fields: Option<&str>,
 ) -> Result<(Body, String, Option<u64>)> {
     let boundary = format!("redcap-gateway-{}", uuid::Uuid::new_v4().simple());
     let mut head = BytesMut::new();
     let mut kept = 0usize;
     for ((name, value), seg) in mp.fields.iter().zip(&mp.form.segments) {
-        if stripped(&seg.top_key) {
+        if stripped(&seg.top_key, fields) {
             continue;
         }
         kept += 1;
         write_text_part(&mut head, &boundary, name, value);
+    }
+    if let Some(f) = fields {
+        kept += 1;
+        write_text_part(&mut head, &boundary, "fields", f.as_bytes());
     }
     if kept + 1 > max_vars {
         return Err(GatewayError::BadRequest(format!(
@@ -173,9 +196,14 @@ impl Step for Inject {
             .get::<ParsedBody>()
             .and_then(ParsedBody::take)
             .ok_or_else(|| GatewayError::BadRequest("the request body was not parsed".into()))?;
+        let fields = req
+            .extensions()
+            .get::<super::export_rights::FieldsOverride>()
+            .map(|f| f.0.clone());
+        let fields = fields.as_deref();
         let (body, content_type, len) = match parsed {
             FormBody::Urlencoded { raw, form } => {
-                let b = rewrite_urlencoded(&raw, &form, &token, self.max_input_vars)?;
+                let b = rewrite_urlencoded(&raw, &form, &token, self.max_input_vars, fields)?;
                 let len = b.len() as u64;
                 (
                     full(b),
@@ -184,7 +212,8 @@ impl Step for Inject {
                 )
             }
             FormBody::Multipart(mp) => {
-                let (body, boundary, len) = rewrite_multipart(*mp, &token, self.max_input_vars)?;
+                let (body, boundary, len) =
+                    rewrite_multipart(*mp, &token, self.max_input_vars, fields)?;
                 let content_type =
                     HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
                         .map_err(|_| GatewayError::BadRequest("bad content type".into()))?;
@@ -219,7 +248,7 @@ mod tests {
 
     fn rewrite(body: &str, max: usize) -> Result<String> {
         let form = parse_urlencoded(body.as_bytes(), PhpLimits::default()).unwrap();
-        rewrite_urlencoded(body.as_bytes(), &form, &Secret::new(T.into()), max)
+        rewrite_urlencoded(body.as_bytes(), &form, &Secret::new(T.into()), max, None)
             .map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
 

@@ -405,9 +405,11 @@ fn list(post: &PhpArray, name: &'static str) -> Result<Vec<String>, Refusal> {
                             out.push(s.trim().to_string());
                         }
                     }
-                    PhpValue::Array(_) => return Err(Refusal::BadRequest(format!(
+                    PhpValue::Array(_) => {
+                        return Err(Refusal::BadRequest(format!(
                         "the parameter \"{name}\" must be a flat array or a comma-separated list"
-                    ))),
+                    )))
+                    }
                 }
             }
         }
