@@ -299,3 +299,12 @@ pub fn banner(url: &str, jwt: &str, audit: &str, config: &str) -> String {
          Ctrl-C stops it.\n",
     )
 }
+
+/// What dev mode prints for the de-identified demo group: the same export, narrowed.
+pub fn analyst_banner(url: &str, jwt: &str) -> String {
+    let api = format!("{url}/p/{DEV_PROJECT}/api/");
+    format!(
+        "A JWT for user 'dev-analyst' (group '{DEV_DEID_GROUP}', De-Identified export rights):\n\n{jwt}\n\n\
+         The same export without names, dates of birth or notes:\n\n  curl -s -H 'Authorization: Bearer {jwt}' \\\n    -d content=record -d format=json -d returnFormat=json {api}\n"
+    )
+}

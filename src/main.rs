@@ -474,6 +474,10 @@ fn main() -> ExitCode {
                     "{}",
                     redcap_gateway::dev::banner(&url, &jwt, &audit, &config.display().to_string())
                 );
+                let analyst = env
+                    .issuer
+                    .token("dev-analyst", &[redcap_gateway::dev::DEV_DEID_GROUP]);
+                println!("{}", redcap_gateway::dev::analyst_banner(&url, &analyst));
                 match serve(Live::new(env.gateway.clone(), Some(config))).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
