@@ -115,3 +115,36 @@ async fn redcaplite_and_pycap_without_headers_use_personal_tokens() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pycap_sees_only_what_export_rights_allow() {
+    if !have_pycap() {
+        return;
+    }
+    // The analysts may also ask for logs (the grant allows it; export rights refuse it),
+    // and have no access to the consent instrument (its file field).
+    let gw = TestGateway::start_with(|t| {
+        t.replace(
+            "allow = [\"read\"]\nexport = \"deidentified\"",
+            "allow = [\"read\", \"log:export\"]\nexport = \"deidentified\"\nexport_forms = { consent = \"none\" }",
+        )
+    })
+    .await;
+    let analyst = gw
+        .env
+        .issuer
+        .token("ana", &[redcap_gateway::dev::DEV_DEID_GROUP]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/pycap_export_rights.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .args([script, &gw.api(), &analyst, &gw.jwt])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "PyCap export-rights checks failed");
+    assert!(stdout.contains("pycap export rights: all checks passed"));
+}

@@ -370,6 +370,8 @@ pub const EXPORT_PARAMS: &[&str] = &[
     "decimalCharacter",
     "exportBlankForGrayFormStatus",
     "combineCheckboxOptions",
+    // Sent by PyCap 2.7.0 (label or unique event names: the shape, not the columns).
+    "eventName",
     "mobile_app",
     "mobileApp",
     "uuid",
