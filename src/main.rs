@@ -112,6 +112,10 @@ enum PolicyCommand {
         /// The urlencoded body, as a client would send it.
         #[arg(long)]
         body: String,
+        /// The project's metadata as REDCap exports it (`content=metadata&format=json`):
+        /// with it, the field set a restricted caller's export would ask REDCap for.
+        #[arg(long)]
+        metadata: Option<PathBuf>,
     },
 }
 
@@ -125,6 +129,7 @@ fn policy_command(cmd: PolicyCommand) -> Result<bool, String> {
         groups,
         project,
         body,
+        metadata,
     } = cmd;
     let c = Config::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
     let p = c
@@ -176,6 +181,10 @@ fn policy_command(cmd: PolicyCommand) -> Result<bool, String> {
         println!("change:    {c}");
     }
     if d.allowed {
+        if let Err(why) = explain_export(&policy, &who, &call, &form.post, metadata.as_deref())? {
+            println!("decision:  DENY by export_rights ({why})");
+            return Ok(false);
+        }
         println!("decision:  ALLOW");
     } else {
         println!("decision:  DENY by {} (403)", d.rule);
@@ -184,6 +193,51 @@ fn policy_command(cmd: PolicyCommand) -> Result<bool, String> {
         }
     }
     Ok(d.allowed)
+}
+
+/// What the caller's export rights make of an allowed call: `Err` with the status and
+/// reason of a refusal.
+fn explain_export(
+    policy: &redcap_gateway::policy::ProjectPolicy,
+    who: &redcap_gateway::auth::Principal,
+    call: &redcap_gateway::redcap::RedcapCall,
+    post: &redcap_gateway::redcap::php_form::PhpArray,
+    metadata: Option<&std::path::Path>,
+) -> Result<Result<(), String>, String> {
+    use redcap_gateway::policy::export::{self, Screen};
+    use redcap_gateway::redcap::metadata::{ProjectMetadata, Refusal};
+    let Some(rights) = policy.export_rights(who) else {
+        return Ok(Ok(()));
+    };
+    let refused = |r: Refusal| match r {
+        Refusal::Forbidden(m) => format!("403): {m}"),
+        Refusal::BadRequest(m) => format!("400): {m}"),
+    };
+    let screen = match export::screen(call, post, &rights, policy.names_user_export(who)) {
+        Ok(s) => s,
+        Err(r) => return Ok(Err(refused(r))),
+    };
+    let Some(path) = metadata.filter(|_| screen != Screen::Pass) else {
+        if screen != Screen::Pass {
+            println!("fields:    decided on the project's metadata: give it with --metadata FILE");
+        }
+        return Ok(Ok(()));
+    };
+    let json = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = ProjectMetadata::from_json(&json, b"[]", None)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let view = meta.view(&rights);
+    match export::rule(&screen, call, post, &meta, &view) {
+        Ok(Some(plan)) => {
+            println!("fields:    {}", plan.fields);
+            for d in &plan.dropped {
+                println!("dropped:   {d}");
+            }
+            Ok(Ok(()))
+        }
+        Ok(None) => Ok(Ok(())),
+        Err(r) => Ok(Err(refused(r))),
+    }
 }
 
 fn verify_audit(file: &std::path::Path, key_env: Option<&str>) -> ExitCode {

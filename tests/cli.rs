@@ -247,3 +247,80 @@ fn policy_explain_shows_the_call_the_rules_and_the_decision() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("more than once"));
 }
+
+#[test]
+fn policy_explain_prints_the_field_set_of_a_restricted_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("t");
+    std::fs::write(&tok, "0123456789ABCDEF0123456789ABCDEF").unwrap();
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[projects.p]\ntoken = \"file:{}\"\ntoken_owner = \"owner\"\n\
+             [[projects.p.grants]]\ngroups = [\"analysts\"]\nallow = [\"read\"]\nexport = \"deidentified\"\n\
+             [[projects.p.grants]]\ngroups = [\"labs\"]\nallow = [\"read\"]\nexport = \"none\"\nexport_forms = {{ labs = \"full\" }}\n",
+            tok.display()
+        ),
+    )
+    .unwrap();
+    let meta = dir.path().join("metadata.json");
+    std::fs::write(
+        &meta,
+        r#"[{"field_name":"record_id","form_name":"intake","field_type":"text","text_validation_type_or_show_slider_number":"","identifier":""},
+            {"field_name":"name","form_name":"intake","field_type":"text","text_validation_type_or_show_slider_number":"","identifier":"y"},
+            {"field_name":"age","form_name":"intake","field_type":"text","text_validation_type_or_show_slider_number":"integer","identifier":""},
+            {"field_name":"hba1c","form_name":"labs","field_type":"text","text_validation_type_or_show_slider_number":"","identifier":""}]"#,
+    )
+    .unwrap();
+    let run = |groups: &str, body: &str, with_meta: bool| {
+        let mut c = bin();
+        c.args([
+            "policy",
+            "explain",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--user",
+            "ana",
+            "--groups",
+            groups,
+            "--project",
+            "p",
+            "--body",
+            body,
+        ]);
+        if with_meta {
+            c.args(["--metadata", meta.to_str().unwrap()]);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = run("analysts,labs", "content=record&format=json", true);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("export rights: deidentified; labs=full (widest per instrument"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fields:    record_id,age,intake_complete,hba1c,labs_complete"),
+        "{text}"
+    );
+    let (code, text) = run("analysts", "content=record&fields=name,age", true);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("fields:    age") && text.contains("dropped:   name (identifier)"),
+        "{text}"
+    );
+    let (code, text) = run("analysts", "content=record&fields=name", true);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("DENY by export_rights (403)"), "{text}");
+    let (code, text) = run("analysts", "content=report&report_id=1", false);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("content=report is not available"), "{text}");
+    let (code, text) = run("analysts", "content=record", false);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("give it with --metadata FILE"), "{text}");
+}

@@ -112,6 +112,22 @@ async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
     )
     .unwrap();
     gw.live.reload_and_log(true, "test").await;
+    // A metadata fetch (with the vault token) that REDCap refuses, logged, and a
+    // restricted export answered from the last good copy meanwhile.
+    let project = gw.env.fake.remove_project(gw.token()).unwrap();
+    assert!(gw.env.gateway.metadata.refresh("demo").await.is_err());
+    let analyst = gw
+        .env
+        .issuer
+        .token("ana", &[redcap_gateway::dev::DEV_DEID_GROUP]);
+    push(
+        send(form(
+            Request::post(gw.api()).header("authorization", format!("Bearer {analyst}")),
+            "content=record&format=json",
+        ))
+        .await,
+    );
+    gw.env.fake.add_project(gw.token(), project);
     // The upstream refuses the token: REDCap's 403 body must pass through without it.
     gw.env.fake.add_project(
         "unused",
@@ -125,6 +141,10 @@ async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
     assert!(
         logs.contains("config reload rejected"),
         "the rejection was logged"
+    );
+    assert!(
+        logs.contains("project metadata not loaded"),
+        "the failed metadata fetch was logged"
     );
     let all = format!("{logs}\n{}", bodies.join("\n"));
     let jwt_signature = |t: &str| t.rsplit('.').next().unwrap().to_string();

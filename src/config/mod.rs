@@ -636,6 +636,13 @@ impl Config {
         if l.max_header_bytes.0 < 8192 {
             errs.push("limits.max_header_bytes must be at least 8192".into());
         }
+        // Each refresh is three or four API calls per restricted project.
+        if self.metadata.refresh_interval.0 < Duration::from_secs(10) {
+            errs.push("metadata.refresh_interval must be at least 10s".into());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.metadata.timeout.0) {
+            errs.push("metadata.timeout must be between 1s and 10m".into());
+        }
         let mut seen_iss = std::collections::HashSet::new();
         for (i, iss) in self.auth.issuers.iter().enumerate() {
             let at = format!("auth.issuers[{i}]");
@@ -916,6 +923,9 @@ mod tests {
             url = "ftp://x"
             [limits]
             max_input_vars = 1
+            [metadata]
+            refresh_interval = "1s"
+            timeout = "0s"
             [[auth.issuers]]
             issuer = "https://idp"
             audiences = []
@@ -927,6 +937,8 @@ mod tests {
         for needle in [
             "ftp",
             "max_input_vars",
+            "metadata.refresh_interval",
+            "metadata.timeout",
             "jwks_url",
             "audiences",
             "HS256",

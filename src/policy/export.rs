@@ -1,176 +1,188 @@
-//! Data export rights, as REDCap keeps them per user: a level per instrument. A caller
-//! holding several grants gets, on each instrument, the widest level any of them gives,
-//! as REDCap would for one user given the union of those rights.
+//! What a call by a caller with restricted export rights becomes: passed as it is, a
+//! record export narrowed to the fields the rights keep, or refused (REDCAP.md, "Data
+//! export rights"; docs/ARCHITECTURE.md, "Export rights"). Pure functions, so that the
+//! request path (`layers::export_rights`) and `policy explain` rule alike.
+//!
+//! Ruling is two steps: `screen` needs only the call, and says whether the project's
+//! metadata is needed; `rule` finishes with it.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use crate::redcap::metadata::Refusal;
+use crate::redcap::metadata::{ExportParams, ExportPlan, ExportView, FieldKind, ProjectMetadata};
+use crate::redcap::php_form::{PhpArray, PhpValue};
+use crate::redcap::{ExportRights, Operation, RedcapCall};
 
-pub use crate::config::ExportLevel;
-use crate::config::GrantConfig;
+/// Contents that return no record data (metadata, structure, DAG and role lists).
+const NO_RECORD_DATA: &[&str] = &[
+    "metadata",
+    "exportFieldNames",
+    "project",
+    "version",
+    "instrument",
+    "event",
+    "arm",
+    "formEventMapping",
+    "repeatingFormsEvents",
+    "dag",
+    "userDagMapping",
+    "userRole",
+    "userRoleMapping",
+    "generateNextRecordName",
+    "attachment",
+];
 
-impl ExportLevel {
-    /// REDCap's code for the level (Users API `forms_export`): 0, 2, 3, 1.
-    pub fn redcap_code(self) -> u8 {
-        match self {
-            ExportLevel::None => 0,
-            ExportLevel::Deidentified => 2,
-            ExportLevel::RemoveIdentifiers => 3,
-            ExportLevel::Full => 1,
+/// The first step's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Screen {
+    /// Nothing to narrow: forwarded as it came.
+    Pass,
+    /// A record export: its field set is computed from the metadata.
+    Records,
+    /// A file (or file info) export of this field: allowed when the rights keep it.
+    File(String),
+}
+
+/// Imports and deletes that change what the metadata copy describes.
+pub fn changes_structure(call: &RedcapCall) -> bool {
+    matches!(call.operation, Operation::Import | Operation::Delete)
+        && matches!(
+            call.content,
+            "metadata"
+                | "arm"
+                | "event"
+                | "formEventMapping"
+                | "repeatingFormsEvents"
+                | "project"
+                | "project_settings"
+        )
+}
+
+/// The refusal of a content that returns data the gateway cannot narrow.
+pub fn side_door(content: &str, rights: &ExportRights) -> Refusal {
+    let why = match content {
+        "report" => {
+            "a report exports its own fields and filter; export records with fields instead"
         }
-    }
+        "log" => "the logging shows the values that were changed",
+        "participantList" => "the participant list holds e-mail addresses and identifiers",
+        "pdf" => "a PDF holds every field of its instruments",
+        "fileRepository" => "the file repository holds exported data files",
+        "project_xml" => "the project XML carries record data unless returnMetadataOnly=true",
+        "user" => "the user list is shown only to grants that allow user:export by name",
+        "file" | "fileInfo" => "the file field is not one your export rights include",
+        _ => "it returns record data the gateway cannot narrow to your rights",
+    };
+    Refusal::Forbidden(format!(
+        "content={content} is not available with your export rights ({}): {why}",
+        rights.describe()
+    ))
+}
 
-    /// The name used in the config and in explanations.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExportLevel::None => "none",
-            ExportLevel::Deidentified => "deidentified",
-            ExportLevel::RemoveIdentifiers => "remove_identifiers",
-            ExportLevel::Full => "full",
-        }
+fn scalar(post: &PhpArray, name: &str) -> Option<String> {
+    match post.get_str(name)? {
+        PhpValue::Str(s) => Some(String::from_utf8_lossy(s).into_owned()),
+        PhpValue::Array(_) => None,
     }
 }
 
-/// Export rights: a default level and per-instrument exceptions (never equal to it).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ExportRights {
-    pub default: ExportLevel,
-    pub forms: BTreeMap<String, ExportLevel>,
+/// The first step, for a caller whose rights are restricted. `names_user_export`: a
+/// grant naming the caller allows `user:export` by name (not through `read`).
+pub fn screen(
+    call: &RedcapCall,
+    post: &PhpArray,
+    rights: &ExportRights,
+    names_user_export: bool,
+) -> Result<Screen, Refusal> {
+    let (content, op) = (call.content, call.operation);
+    // Imports and deletes return no data; the grants and user rules decide them.
+    if op.is_mutating() || NO_RECORD_DATA.contains(&content) {
+        return Ok(Screen::Pass);
+    }
+    match (content, op) {
+        ("record", Operation::Export) => Ok(Screen::Records),
+        ("fileRepository", Operation::Other("list")) => Ok(Screen::Pass),
+        // Only REDCap's own spelling of "metadata only" is taken as such.
+        ("project_xml", _) if scalar(post, "returnMetadataOnly").as_deref() == Some("true") => {
+            Ok(Screen::Pass)
+        }
+        ("user", Operation::Export) if names_user_export => Ok(Screen::Pass),
+        ("file" | "fileInfo", Operation::Export) => {
+            Ok(Screen::File(scalar(post, "field").unwrap_or_default()))
+        }
+        _ => Err(side_door(content, rights)),
+    }
 }
 
-impl ExportRights {
-    /// No record data at all: what a caller without any grant, or a grant without an
-    /// `export` key, gets.
-    pub fn none() -> ExportRights {
-        ExportRights {
-            default: ExportLevel::None,
-            forms: BTreeMap::new(),
+/// The second step: `Some(plan)` for a record export (REDCap is asked for
+/// `plan.fields` instead of the client's `fields`/`forms`), `None` when the call passes.
+pub fn rule(
+    screen: &Screen,
+    call: &RedcapCall,
+    post: &PhpArray,
+    meta: &ProjectMetadata,
+    view: &ExportView,
+) -> Result<Option<ExportPlan>, Refusal> {
+    match screen {
+        Screen::Pass => Ok(None),
+        Screen::File(name) => match meta.position(name) {
+            Some(i) if meta.fields[i].kind == FieldKind::File && view.allows(i) => Ok(None),
+            _ => Err(side_door(call.content, &view.rights)),
+        },
+        Screen::Records => {
+            let params = ExportParams::read(post)?;
+            meta.plan(view, &params).map(Some)
         }
-    }
-
-    pub fn full() -> ExportRights {
-        ExportRights {
-            default: ExportLevel::Full,
-            forms: BTreeMap::new(),
-        }
-    }
-
-    /// A grant's rights as configured (`export` defaults to `none`).
-    pub fn of_grant(g: &GrantConfig) -> ExportRights {
-        let default = g.export.unwrap_or(ExportLevel::None);
-        ExportRights {
-            default,
-            forms: g
-                .export_forms
-                .iter()
-                .filter(|(_, l)| **l != default)
-                .map(|(f, l)| (f.clone(), *l))
-                .collect(),
-        }
-    }
-
-    pub fn level(&self, form: &str) -> ExportLevel {
-        self.forms.get(form).copied().unwrap_or(self.default)
-    }
-
-    /// Full Data Set on every instrument: nothing to apply.
-    pub fn is_full(&self) -> bool {
-        self.default == ExportLevel::Full && self.forms.is_empty()
-    }
-
-    /// The widest level per instrument across several grants' rights. An instrument no
-    /// grant names gets the widest default; one that some grant names gets the widest of
-    /// each grant's level for it (its entry, or that grant's default).
-    pub fn widest<'a>(all: impl IntoIterator<Item = &'a ExportRights> + Clone) -> ExportRights {
-        let default = all
-            .clone()
-            .into_iter()
-            .map(|r| r.default)
-            .max()
-            .unwrap_or(ExportLevel::None);
-        let mut forms = BTreeMap::new();
-        for r in all.clone() {
-            for form in r.forms.keys() {
-                if forms.contains_key(form) {
-                    continue;
-                }
-                let level = all
-                    .clone()
-                    .into_iter()
-                    .map(|o| o.level(form))
-                    .max()
-                    .unwrap_or(default);
-                if level != default {
-                    forms.insert(form.clone(), level);
-                }
-            }
-        }
-        ExportRights { default, forms }
-    }
-
-    /// `deidentified; consent=none, labs=full`: for the audit log and explanations.
-    pub fn describe(&self) -> String {
-        let mut s = self.default.as_str().to_string();
-        for (i, (f, l)) in self.forms.iter().enumerate() {
-            s.push_str(if i == 0 { "; " } else { ", " });
-            let _ = write!(s, "{f}={}", l.as_str());
-        }
-        s
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ExportLevel::*;
+    use crate::redcap::php_form::{parse_urlencoded, PhpLimits};
+    use crate::redcap::ExportLevel;
 
-    fn rights(default: ExportLevel, forms: &[(&str, ExportLevel)]) -> ExportRights {
-        ExportRights::of_grant(&GrantConfig {
-            groups: vec!["g".into()],
-            users: vec![],
-            allow: vec![],
-            export: Some(default),
-            export_forms: forms.iter().map(|(f, l)| (f.to_string(), *l)).collect(),
-        })
+    fn call(body: &str) -> (RedcapCall, PhpArray) {
+        let form = parse_urlencoded(body.as_bytes(), PhpLimits::default()).unwrap();
+        (RedcapCall::from_form(&form).unwrap(), form.post)
     }
 
     #[test]
-    fn levels_order_from_none_to_full() {
-        assert!(
-            None < Deidentified && Deidentified < RemoveIdentifiers && RemoveIdentifiers < Full
-        );
-        assert_eq!(
-            [None, Deidentified, RemoveIdentifiers, Full].map(ExportLevel::redcap_code),
-            [0, 2, 3, 1]
-        );
-    }
-
-    #[test]
-    fn widest_per_instrument() {
-        let a = rights(Deidentified, &[("consent", None), ("labs", Full)]);
-        let b = rights(None, &[("consent", RemoveIdentifiers)]);
-        let w = ExportRights::widest([&a, &b]);
-        assert_eq!(w.level("demographics"), Deidentified);
-        assert_eq!(w.level("consent"), RemoveIdentifiers);
-        assert_eq!(w.level("labs"), Full);
-        assert_eq!(
-            w.describe(),
-            "deidentified; consent=remove_identifiers, labs=full"
-        );
-        // A grant's exception narrower than another grant's default does not narrow.
-        let c = rights(Full, &[]);
-        assert!(ExportRights::widest([&a, &c]).is_full());
-        assert_eq!(ExportRights::widest([]), ExportRights::none());
-    }
-
-    #[test]
-    fn missing_export_key_is_no_access() {
-        let g = GrantConfig {
-            groups: vec!["g".into()],
-            users: vec![],
-            allow: vec!["read".into()],
-            export: Option::None,
-            export_forms: BTreeMap::new(),
+    fn side_doors_are_refused_and_structure_passes() {
+        let deid = ExportRights {
+            default: ExportLevel::Deidentified,
+            forms: Default::default(),
         };
-        assert_eq!(ExportRights::of_grant(&g), ExportRights::none());
+        let s = |b: &str, names_user: bool| {
+            let (c, p) = call(b);
+            screen(&c, &p, &deid, names_user)
+        };
+        for b in [
+            "content=report&report_id=1",
+            "content=log",
+            "content=pdf",
+            "content=participantList&instrument=a",
+            "content=surveyLink&record=1&instrument=a",
+            "content=surveyReturnCode&record=1&instrument=a",
+            "content=fileRepository&action=export&doc_id=1",
+            "content=project_xml",
+            "content=project_xml&returnMetadataOnly=1",
+            "content=user",
+        ] {
+            assert!(matches!(s(b, false), Err(Refusal::Forbidden(_))), "{b}");
+        }
+        for b in [
+            "content=metadata",
+            "content=record&action=import&data=x",
+            "content=record&action=delete&records[]=1",
+            "content=fileRepository&action=list",
+            "content=project_xml&returnMetadataOnly=true",
+        ] {
+            assert_eq!(s(b, false), Ok(Screen::Pass), "{b}");
+        }
+        assert_eq!(s("content=user", true), Ok(Screen::Pass));
+        assert_eq!(s("content=record", false), Ok(Screen::Records));
+        assert_eq!(
+            s("content=file&action=export&field=f&record=1", false),
+            Ok(Screen::File("f".into()))
+        );
     }
 }

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use crate::auth::Principal;
 use crate::config::{GrantConfig, ProjectConfig};
 use crate::redcap::call::{Operation, RedcapCall, CONTENTS};
+pub use crate::redcap::rights::{ExportLevel, ExportRights};
 use crate::redcap::user_data;
-pub use export::{ExportLevel, ExportRights};
 pub use users::{Effect, UserRules};
 
 /// Actions a permission can name.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::policy::{ExportLevel, ExportRights};
+use super::rights::{ExportLevel, ExportRights};
 
 /// What a field holds, for the export rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -271,7 +271,8 @@ impl ProjectMetadata {
         self.by_form.get(name).copied()
     }
 
-    fn index(&self, name: &str) -> Option<usize> {
+    /// The index of a field in `fields`.
+    pub fn position(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
     }
 
@@ -517,7 +518,7 @@ impl ProjectMetadata {
         let mut dropped = Vec::new();
         let mut unknown = Vec::new();
         for name in &p.fields {
-            match self.index(name) {
+            match self.position(name) {
                 Some(i) => match self.removed(i, &view.rights) {
                     None => chosen[i] = true,
                     Some(why) => dropped.push(format!("{name} ({why})")),
@@ -578,7 +579,7 @@ impl ProjectMetadata {
         let refs = super::logic::references(logic)
             .map_err(|e| Refusal::BadRequest(format!("filterLogic: {e}")))?;
         for r in refs {
-            let ok = match self.index(r.name) {
+            let ok = match self.position(r.name) {
                 Some(i) => view.allows(i),
                 None if r.name == "record-name" => view.allows(self.record_id),
                 None => {
@@ -588,7 +589,7 @@ impl ProjectMetadata {
                 }
             };
             if !ok {
-                let why = match self.index(r.name) {
+                let why = match self.position(r.name) {
                     Some(i) => self.removed(i, &view.rights).unwrap_or("not allowed"),
                     None => "not a field, event or smart variable the gateway allows",
                 };
@@ -695,7 +696,7 @@ mod tests {
                 .zip(by_level)
             {
                 let view = m.view(&rights(*level, &[]));
-                let i = m.index(name).unwrap();
+                let i = m.position(name).unwrap();
                 assert_eq!(view.allows(i), *want, "{name} at {level:?}");
             }
         }

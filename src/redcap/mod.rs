@@ -7,8 +7,10 @@ pub mod logic;
 pub mod metadata;
 pub mod multipart;
 pub mod php_form;
+pub mod rights;
 pub mod user_data;
 
 pub use call::{CallError, Operation, RedcapCall};
 pub use error_body::ReturnFormat;
 pub use php_form::{FormError, PhpLimits};
+pub use rights::{ExportLevel, ExportRights};
