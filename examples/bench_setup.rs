@@ -1,6 +1,7 @@
 //! Writes a full-path gateway config for the benchmark (RS256 JWT issuer with a JWKS
 //! file, grants, user rules, rate limits set high, audit to a file, metrics) and prints
-//! a JWT for it. Usage: bench_setup DIR UPSTREAM_URL LISTEN ADMIN_LISTEN
+//! two JWTs for it: one line for the full-rights group, one for the de-identified one.
+//! Usage: bench_setup DIR UPSTREAM_URL LISTEN ADMIN_LISTEN
 
 use redcap_gateway::dev::{random_redcap_token, DevIssuer};
 
@@ -53,6 +54,12 @@ token_owner = "svc_owner"
 [[projects.bench.grants]]
 groups = ["bench"]
 allow = ["read", "user:*"]
+export = "full"
+
+[[projects.bench.grants]]
+groups = ["bench_deid"]
+allow = ["read"]
+export = "deidentified"
 
 [projects.bench.user_rules]
 assignable_dags = ["site_a", "site_b"]
@@ -62,4 +69,5 @@ expiration_max_days = 3650
     );
     std::fs::write(dir.join("gateway.toml"), config).unwrap();
     println!("{}", issuer.token("bench-user", &["bench"]));
+    println!("{}", issuer.token("bench-analyst", &["bench_deid"]));
 }

@@ -1,5 +1,8 @@
 //! A fast stand-in for REDCap, for the benchmark only: answers any request with a fixed
-//! ~2 KB CSV export, or streams `bench_bytes=N` bytes when the body asks for it.
+//! ~2 KB CSV export, or streams N bytes when the body holds `bench_bytes_N` (as the
+//! `records` value, which export rights pass through). The metadata the gateway fetches
+//! for restricted grants (`content=metadata`, `exportFieldNames`, `project`) is answered
+//! in JSON, describing the CSV's columns.
 //! Usage: bench_upstream ADDR [RESPONSE_BYTES]
 
 use std::convert::Infallible;
@@ -28,8 +31,34 @@ fn csv(size: usize) -> Bytes {
 
 fn requested_bytes(body: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(body).ok()?;
-    text.split('&')
-        .find_map(|kv| kv.strip_prefix("bench_bytes=")?.parse().ok())
+    let at = text.find("bench_bytes_")? + "bench_bytes_".len();
+    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
+    text[at..at + digits].parse().ok()
+}
+
+const METADATA: &str = r#"[
+{"field_name":"record_id","form_name":"visit","field_type":"text","text_validation_type_or_show_slider_number":"","identifier":""},
+{"field_name":"name","form_name":"visit","field_type":"text","text_validation_type_or_show_slider_number":"","identifier":"y"},
+{"field_name":"age","form_name":"visit","field_type":"text","text_validation_type_or_show_slider_number":"integer","identifier":""},
+{"field_name":"visit_date","form_name":"visit","field_type":"text","text_validation_type_or_show_slider_number":"date_ymd","identifier":""},
+{"field_name":"score","form_name":"visit","field_type":"calc","text_validation_type_or_show_slider_number":"","identifier":""}]"#;
+const FIELD_NAMES: &str = r#"[{"original_field_name":"record_id","choice_value":"","export_field_name":"record_id"},
+{"original_field_name":"name","choice_value":"","export_field_name":"name"},
+{"original_field_name":"age","choice_value":"","export_field_name":"age"},
+{"original_field_name":"visit_date","choice_value":"","export_field_name":"visit_date"},
+{"original_field_name":"score","choice_value":"","export_field_name":"score"}]"#;
+const PROJECT: &str = r#"{"project_id":1,"project_title":"Bench","is_longitudinal":0}"#;
+
+/// The JSON answer to a metadata call, if the body is one.
+fn metadata_answer(body: &[u8]) -> Option<&'static str> {
+    let text = std::str::from_utf8(body).ok()?;
+    let content = text.split('&').find_map(|kv| kv.strip_prefix("content="))?;
+    match content {
+        "metadata" => Some(METADATA),
+        "exportFieldNames" => Some(FIELD_NAMES),
+        "project" => Some(PROJECT),
+        _ => None,
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
@@ -56,6 +85,11 @@ async fn main() {
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
                     let resp = match requested_bytes(&body) {
+                        None if metadata_answer(&body).is_some() => hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(BodyExt::boxed(Full::new(Bytes::from_static(
+                                metadata_answer(&body).unwrap_or("[]").as_bytes(),
+                            )))),
                         Some(n) => {
                             let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
                             let chunks = n.div_ceil(chunk.len() as u64);
