@@ -2,7 +2,7 @@
 //! rewrite sent to REDCap changes nothing PHP reads but the fields it must change.
 
 use proptest::prelude::*;
-use redcap_gateway::layers::vault::{rewrite_urlencoded, STRIPPED_FIELDS};
+use redcap_gateway::layers::vault::{rewrite_urlencoded, Overrides, STRIPPED_FIELDS};
 use redcap_gateway::redcap::multipart::parse_disposition;
 use redcap_gateway::redcap::php_form::{parse_urlencoded, PhpArray, PhpKey, PhpLimits, PhpValue};
 use redcap_gateway::redcap::RedcapCall;
@@ -64,7 +64,7 @@ proptest! {
     #[test]
     fn rewrite_changes_only_token_and_stripped_fields(b in body()) {
         let Ok(form) = parse_urlencoded(&b, PhpLimits::default()) else { return Ok(()) };
-        let Ok(out) = rewrite_urlencoded(&b, &form, &Secret::new(TOKEN.into()), 1000, None) else { return Ok(()) };
+        let Ok(out) = rewrite_urlencoded(&b, &form, &Secret::new(TOKEN.into()), 1000, &Overrides::NONE) else { return Ok(()) };
         let again = parse_urlencoded(&out, PhpLimits::default()).expect("the rewrite parses");
         // Everything REDCap reads is the same, except the fields we replace or remove.
         prop_assert_eq!(without(&form.post, STRIPPED_FIELDS), without(&again.post, &["token"]));

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use redcap_gateway::layers::vault::{rewrite_urlencoded, STRIPPED_FIELDS};
+use redcap_gateway::layers::vault::{rewrite_urlencoded, Overrides, STRIPPED_FIELDS};
 use redcap_gateway::redcap::php_form::{parse_urlencoded, PhpLimits, PhpValue};
 use redcap_gateway::redcap::RedcapCall;
 use redcap_gateway::secret::Secret;
@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = RedcapCall::from_form(&form);
     let token = Secret::new("0123456789ABCDEF0123456789ABCDEF".into());
-    let Ok(out) = rewrite_urlencoded(data, &form, &token, 1000, None) else {
+    let Ok(out) = rewrite_urlencoded(data, &form, &token, 1000, &Overrides::NONE) else {
         return;
     };
     let again = parse_urlencoded(&out, PhpLimits::default()).expect("the rewrite parses");

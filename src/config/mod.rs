@@ -497,6 +497,11 @@ pub struct GrantConfig {
     /// Per-instrument export rights (unique instrument name -> level).
     #[serde(default)]
     pub export_forms: BTreeMap<String, ExportLevel>,
+    /// Data access groups (unique group names) whose records the grant's members may
+    /// read and change. Left out: every record. A caller is scoped when every grant
+    /// naming them that allows the call lists DAGs: to the union of those lists.
+    #[serde(default)]
+    pub dags: Option<Vec<String>>,
 }
 
 /// REDCap's Data Export rights levels (codes 0, 2, 3, 1 in REDCap's Users API).
@@ -766,6 +771,19 @@ impl Config {
                             "{at}.grants[{i}].export_forms: {form:?} is not a unique instrument name (lower-case letters, digits and _)"
                         ));
                     }
+                }
+                match &g.dags {
+                    Some(d) if d.is_empty() => errs.push(format!(
+                        "{at}.grants[{i}].dags: list at least one data access group (leave dags out for every record)"
+                    )),
+                    Some(d) => {
+                        for dag in d.iter().filter(|d| !is_instrument_name(d)) {
+                            errs.push(format!(
+                                "{at}.grants[{i}].dags: {dag:?} is not a unique group name (lower-case letters, digits and _)"
+                            ));
+                        }
+                    }
+                    None => {}
                 }
             }
         }

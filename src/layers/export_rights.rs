@@ -1,7 +1,7 @@
 //! Export rights: for a caller whose data export rights are restricted, each content is
 //! allowed, rewritten or refused so that REDCap itself never sends a column the caller
 //! may not see (docs/ARCHITECTURE.md, "Export rights"). Record exports get their field
-//! set spelled out (`FieldsOverride`, applied by the vault step); side doors that return
+//! set spelled out (`vault::Overrides`, applied by the vault step); side doors that return
 //! data the gateway cannot narrow (reports, logs, PDFs, survey links, ...) are refused.
 //! Full-rights callers pass untouched. A call that changes the project's structure
 //! (metadata, events, arms, ...) marks the metadata copy stale once REDCap has answered.
@@ -13,6 +13,7 @@ use tower::Layer;
 use super::parse::{FormBody, ParsedBody};
 use super::route::ProjectName;
 use super::step::Handler;
+use super::vault::Overrides;
 use super::{Req, Resp, Result};
 use crate::auth::Principal;
 use crate::context::{ExportAudit, RequestContext};
@@ -23,10 +24,6 @@ use crate::policy::Policy;
 use crate::redcap::metadata::Refusal;
 use crate::redcap::php_form::PhpArray;
 use crate::redcap::RedcapCall;
-
-/// The field list the vault step sends REDCap instead of the client's `fields`/`forms`.
-#[derive(Clone, Debug)]
-pub struct FieldsOverride(pub Arc<str>);
 
 #[derive(Clone)]
 pub struct ExportRightsLayer {
@@ -113,7 +110,16 @@ impl<S: Handler> GuardExports<S> {
                 plan.dropped.clone(),
             ));
         }
-        req.extensions_mut().insert(FieldsOverride(plan.fields));
+        let ext = req.extensions_mut();
+        match ext.get_mut::<Overrides>() {
+            Some(ov) => ov.fields = Some(plan.fields),
+            None => {
+                ext.insert(Overrides {
+                    fields: Some(plan.fields),
+                    dags: false,
+                });
+            }
+        }
         Ok(())
     }
 }

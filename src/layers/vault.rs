@@ -45,14 +45,42 @@ fn is_stripped_header(h: &HeaderName) -> bool {
     )
 }
 
-/// Fields replaced by the gateway's own when export rights spell out the field set.
-const REPLACED_BY_FIELDS: &[&str] = &["fields", "forms"];
+/// Parameters the gateway sets in the forwarded body in place of the client's, filled in
+/// by the export-rights and DAG-scope steps (request extension).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// A restricted export's field set (names of `[a-z0-9_]` and commas, so nothing to
+    /// encode): replaces the client's `fields` and `forms`.
+    pub fields: Option<Arc<str>>,
+    /// `exportDataAccessGroups=true` in place of the client's value (DAG scoping reads
+    /// each row's DAG).
+    pub dags: bool,
+}
 
-fn stripped(key: &Option<PhpKey>, fields: Option<&str>) -> bool {
+impl Overrides {
+    pub const NONE: Overrides = Overrides {
+        fields: None,
+        dags: false,
+    };
+
+    /// The client's parameter `name` gives way to the gateway's.
+    fn replaces(&self, name: &[u8]) -> bool {
+        (self.fields.is_some() && (name == b"fields" || name == b"forms"))
+            || (self.dags && name == b"exportDataAccessGroups")
+    }
+
+    /// The gateway's parameters, as `name=value` pairs.
+    fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let fields = self.fields.as_deref().map(|f| ("fields", f));
+        let dags = self.dags.then_some(("exportDataAccessGroups", "true"));
+        fields.into_iter().chain(dags)
+    }
+}
+
+fn stripped(key: &Option<PhpKey>, ov: &Overrides) -> bool {
     match key {
         Some(PhpKey::Str(s)) => {
-            STRIPPED_FIELDS.iter().any(|f| f.as_bytes() == &s[..])
-                || (fields.is_some() && REPLACED_BY_FIELDS.iter().any(|f| f.as_bytes() == &s[..]))
+            STRIPPED_FIELDS.iter().any(|f| f.as_bytes() == &s[..]) || ov.replaces(s)
         }
         _ => false,
     }
@@ -75,22 +103,17 @@ impl Inject {
     }
 }
 
-/// The urlencoded body for REDCap: the client's segments minus stripped ones, then ours.
-/// With `fields` (a restricted export's field set: names of `[a-z0-9_]` and commas, so
-/// nothing to encode), the client's `fields` and `forms` are replaced by it.
+/// The urlencoded body for REDCap: the client's segments minus stripped ones, then ours
+/// (the overrides, then the token).
 pub fn rewrite_urlencoded(
     raw: &[u8],
     form: &ParsedForm,
     token: &Secret,
     max_vars: usize,
-    fields: Option<&str>,
+    ov: &Overrides,
 ) -> Result<Bytes> {
-    let kept = || {
-        form.segments
-            .iter()
-            .filter(|s| !stripped(&s.top_key, fields))
-    };
-    if kept().count() + 1 + usize::from(fields.is_some()) > max_vars {
+    let kept = || form.segments.iter().filter(|s| !stripped(&s.top_key, ov));
+    if kept().count() + 1 + ov.pairs().count() > max_vars {
         return Err(GatewayError::BadRequest(format!(
             "the body has too many parameters to add the project token (PHP max_input_vars is {max_vars})"
         )));
@@ -101,9 +124,10 @@ pub fn rewrite_urlencoded(
         out.extend_from_slice(&raw[s.start..s.end]);
         out.push(b'&');
     }
-    if let Some(f) = fields {
-        out.extend_from_slice(b"fields=");
-        out.extend_from_slice(f.as_bytes());
+    for (name, value) in ov.pairs() {
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(value.as_bytes());
         out.push(b'&');
     }
     out.extend_from_slice(b"token=");
@@ -122,21 +146,21 @@ fn rewrite_multipart(
     mp: MultipartForm,
     token: &Secret,
     max_vars: usize,
-    fields: Option<&str>,
+    ov: &Overrides,
 ) -> Result<(Body, String, Option<u64>)> {
     let boundary = format!("redcap-gateway-{}", uuid::Uuid::new_v4().simple());
     let mut head = BytesMut::new();
     let mut kept = 0usize;
     for ((name, value), seg) in mp.fields.iter().zip(&mp.form.segments) {
-        if stripped(&seg.top_key, fields) {
+        if stripped(&seg.top_key, ov) {
             continue;
         }
         kept += 1;
         write_text_part(&mut head, &boundary, name, value);
     }
-    if let Some(f) = fields {
+    for (name, value) in ov.pairs() {
         kept += 1;
-        write_text_part(&mut head, &boundary, "fields", f.as_bytes());
+        write_text_part(&mut head, &boundary, name, value.as_bytes());
     }
     if kept + 1 > max_vars {
         return Err(GatewayError::BadRequest(format!(
@@ -196,14 +220,13 @@ impl Step for Inject {
             .get::<ParsedBody>()
             .and_then(ParsedBody::take)
             .ok_or_else(|| GatewayError::BadRequest("the request body was not parsed".into()))?;
-        let fields = req
-            .extensions()
-            .get::<super::export_rights::FieldsOverride>()
-            .map(|f| f.0.clone());
-        let fields = fields.as_deref();
+        let ov = req
+            .extensions_mut()
+            .remove::<Overrides>()
+            .unwrap_or_default();
         let (body, content_type, len) = match parsed {
             FormBody::Urlencoded { raw, form } => {
-                let b = rewrite_urlencoded(&raw, &form, &token, self.max_input_vars, fields)?;
+                let b = rewrite_urlencoded(&raw, &form, &token, self.max_input_vars, &ov)?;
                 let len = b.len() as u64;
                 (
                     full(b),
@@ -213,7 +236,7 @@ impl Step for Inject {
             }
             FormBody::Multipart(mp) => {
                 let (body, boundary, len) =
-                    rewrite_multipart(*mp, &token, self.max_input_vars, fields)?;
+                    rewrite_multipart(*mp, &token, self.max_input_vars, &ov)?;
                 let content_type =
                     HeaderValue::from_str(&format!("multipart/form-data; boundary={boundary}"))
                         .map_err(|_| GatewayError::BadRequest("bad content type".into()))?;
@@ -248,8 +271,14 @@ mod tests {
 
     fn rewrite(body: &str, max: usize) -> Result<String> {
         let form = parse_urlencoded(body.as_bytes(), PhpLimits::default()).unwrap();
-        rewrite_urlencoded(body.as_bytes(), &form, &Secret::new(T.into()), max, None)
-            .map(|b| String::from_utf8(b.to_vec()).unwrap())
+        rewrite_urlencoded(
+            body.as_bytes(),
+            &form,
+            &Secret::new(T.into()),
+            max,
+            &Overrides::NONE,
+        )
+        .map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
 
     #[test]

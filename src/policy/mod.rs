@@ -5,7 +5,8 @@
 pub mod export;
 pub mod users;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::auth::Principal;
 use crate::config::{GrantConfig, ProjectConfig};
@@ -142,6 +143,8 @@ struct Grant {
     users: Vec<String>,
     permissions: Vec<Permission>,
     export: ExportRights,
+    /// The DAGs its members are scoped to; `None`: every record.
+    dags: Option<Arc<BTreeSet<String>>>,
 }
 
 impl Grant {
@@ -160,6 +163,8 @@ pub struct ProjectPolicy {
     users: UserRules,
     /// Every grant gives Full Data Set everywhere: export rights never apply.
     all_full: bool,
+    /// Some grant lists DAGs: calls may be scoped.
+    any_dags: bool,
 }
 
 impl ProjectPolicy {
@@ -187,10 +192,15 @@ impl ProjectPolicy {
                 users: g.users.clone(),
                 permissions,
                 export: ExportRights::of_grant(g),
+                dags: g
+                    .dags
+                    .as_ref()
+                    .map(|d| Arc::new(d.iter().cloned().collect())),
             });
         }
         Ok(ProjectPolicy {
             all_full: out.iter().all(|g| g.export.is_full()),
+            any_dags: out.iter().any(|g| g.dags.is_some()),
             grants: out,
             users: UserRules::compile(rules, token_owner)?,
         })
@@ -208,6 +218,30 @@ impl ProjectPolicy {
             return None;
         }
         Some(ExportRights::widest(mine.map(|g| &g.export)))
+    }
+
+    /// The DAGs the caller is scoped to for this call: the union of the `dags` of the
+    /// grants naming them that allow it, or `None` (every record) when one of those
+    /// grants has no `dags`. A grant that does not allow the call cannot widen it.
+    pub fn dag_scope(&self, who: &Principal, call: &RedcapCall) -> Option<Arc<BTreeSet<String>>> {
+        if !self.any_dags {
+            return None;
+        }
+        let mut allowing = self.grants.iter().filter(|g| {
+            g.applies_to(who)
+                && g.permissions
+                    .iter()
+                    .any(|p| p.allows(call.content, call.operation))
+        });
+        let first = allowing.next()?.dags.clone()?;
+        let mut union: Option<BTreeSet<String>> = None;
+        for g in allowing {
+            let d = g.dags.as_ref()?;
+            union
+                .get_or_insert_with(|| (*first).clone())
+                .extend(d.iter().cloned());
+        }
+        Some(union.map_or(first, Arc::new))
     }
 
     /// True when a grant naming `who` allows `user` export by name (`user:export` or
@@ -269,6 +303,13 @@ impl ProjectPolicy {
                 "export rights: {} (widest per instrument of the grants naming {}; a grant without `export` gives none)",
                 r.describe(),
                 who.user
+            ),
+        });
+        trace.push(|| match self.dag_scope(who, call) {
+            None => "records: every data access group (a grant allowing the call has no `dags`)".to_string(),
+            Some(d) => format!(
+                "records: scoped to data access groups {} (every grant allowing the call lists dags; their union)",
+                d.iter().cloned().collect::<Vec<_>>().join(", ")
             ),
         });
         let rows = || {
@@ -371,10 +412,26 @@ impl Policy {
             .is_some_and(|p| p.names_user_export(who))
     }
 
-    /// True when some caller of the project may have restricted export rights (the
-    /// gateway then keeps the project's metadata).
+    /// True when some caller of the project may have restricted export rights or be
+    /// scoped to DAGs (the gateway then keeps the project's metadata).
     pub fn restricts_exports(&self, project: &str) -> bool {
-        self.projects.get(project).is_some_and(|p| !p.all_full)
+        self.projects
+            .get(project)
+            .is_some_and(|p| !p.all_full || p.any_dags)
+    }
+
+    /// The DAGs a caller is scoped to for a call (`None`: every record). An unknown
+    /// project scopes to no DAG at all.
+    pub fn dag_scope(
+        &self,
+        project: &str,
+        who: &Principal,
+        call: &RedcapCall,
+    ) -> Option<Arc<BTreeSet<String>>> {
+        match self.projects.get(project) {
+            Some(p) => p.dag_scope(who, call),
+            None => Some(Arc::new(BTreeSet::new())),
+        }
     }
 
     pub fn decide(&self, project: &str, who: &Principal, call: &RedcapCall) -> Decision {
@@ -416,6 +473,7 @@ mod tests {
             allow: allow.iter().map(|s| s.to_string()).collect(),
             export: Some(ExportLevel::Full),
             export_forms: Default::default(),
+            dags: None,
         }])
         .unwrap()
     }

@@ -2,6 +2,7 @@
 //! multipart handling and REDCap-shaped error bodies.
 
 pub mod call;
+pub mod dag_filter;
 pub mod error_body;
 pub mod logic;
 pub mod metadata;

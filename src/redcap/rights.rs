@@ -130,6 +130,7 @@ mod tests {
             allow: vec![],
             export: Some(default),
             export_forms: forms.iter().map(|(f, l)| (f.to_string(), *l)).collect(),
+            dags: Option::None,
         })
     }
 
@@ -170,6 +171,7 @@ mod tests {
             allow: vec!["read".into()],
             export: Option::None,
             export_forms: BTreeMap::new(),
+            dags: Option::None,
         };
         assert_eq!(ExportRights::of_grant(&g), ExportRights::none());
     }
