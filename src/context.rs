@@ -38,6 +38,17 @@ pub struct RequestContext {
     /// A restricted export's effective rights and the field set asked of REDCap.
     pub export: OnceLock<ExportAudit>,
     pub concurrency: OnceLock<crate::ratelimit::Permit>,
+    /// A DAG-scoped call: the DAGs, and the rows the response filter dropped.
+    pub dag_scope: OnceLock<DagAudit>,
+}
+
+/// What the audit record says of a DAG-scoped call.
+#[derive(Debug, Default)]
+pub struct DagAudit {
+    /// `site_a,site_b`.
+    pub dags: String,
+    /// Rows of other DAGs the response filter dropped (set when the answer has ended).
+    pub rows_dropped: std::sync::atomic::AtomicU64,
 }
 
 impl RequestContext {

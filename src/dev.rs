@@ -19,6 +19,8 @@ use crate::server::Gateway;
 pub const DEV_ISSUER: &str = "https://dev-issuer.redcap-gateway.invalid";
 pub const DEV_AUDIENCE: &str = "redcap-gateway";
 pub const DEV_GROUP: &str = "redcap-dev";
+/// The demo group scoped to data access group `site_a`.
+pub const DEV_SITE_GROUP: &str = "redcap-site-a";
 /// The demo group with De-Identified export rights.
 pub const DEV_DEID_GROUP: &str = "redcap-analysts";
 pub const DEV_PROJECT: &str = "demo";
@@ -199,6 +201,13 @@ token_owner = "redcap_owner"
 groups = ["{DEV_GROUP}"]
 allow = ["read", "record:import", "user:*", "userDagMapping:*", "userRole:export", "userRoleMapping:*", "file:*"]
 export = "full"
+
+# Site A's staff: full records, but only Site A's (data access group site_a).
+[[projects.{DEV_PROJECT}.grants]]
+groups = ["{DEV_SITE_GROUP}"]
+allow = ["read", "record:import", "record:delete"]
+export = "full"
+dags = ["site_a"]
 
 # Analysts: records without identifiers, free text, notes or dates (REDCap's De-Identified).
 [[projects.{DEV_PROJECT}.grants]]

@@ -45,6 +45,10 @@ pub enum GatewayError {
     TokenUnavailable,
     #[error("the project's metadata could not be loaded from REDCap, so your export rights cannot be applied; retry shortly")]
     MetadataUnavailable,
+    #[error("your calls are scoped to data access groups, and REDCap's answers do not say each record's group (the project token's owner must be in no data access group); refused")]
+    DagScopeUnavailable,
+    #[error("{0}")]
+    UpstreamUnreadable(String),
     #[error("the audit log cannot be written; changes are refused until it can")]
     AuditUnavailable,
     #[error("the personal-token file cannot be written; retry shortly")]
@@ -76,10 +80,11 @@ impl GatewayError {
             | ShuttingDown
             | TokenUnavailable
             | MetadataUnavailable
+            | DagScopeUnavailable
             | AuditUnavailable
             | TokenStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            UpstreamUnreachable | UpstreamUnreadable(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -92,7 +97,7 @@ impl GatewayError {
             | TokenUnavailable
             | AuditUnavailable
             | TokenStoreUnavailable => Side::Gateway,
-            MetadataUnavailable => Side::Upstream,
+            MetadataUnavailable | DagScopeUnavailable | UpstreamUnreadable(_) => Side::Upstream,
             UpstreamUnreachable | UpstreamTimeout => Side::Upstream,
             _ => Side::Client,
         }
@@ -115,6 +120,8 @@ impl GatewayError {
             ShuttingDown => "shutting_down",
             TokenUnavailable => "token_unavailable",
             MetadataUnavailable => "metadata_unavailable",
+            DagScopeUnavailable => "dag_scope_unavailable",
+            UpstreamUnreadable(_) => "upstream_unreadable",
             AuditUnavailable => "audit_unavailable",
             TokenStoreUnavailable => "token_store_unavailable",
             RateLimited { .. } => "rate_limited",

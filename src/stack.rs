@@ -11,6 +11,7 @@ use crate::layers::access_log::AccessLogLayer;
 use crate::layers::audit_intent::AuditIntent;
 use crate::layers::authenticate::Authenticate;
 use crate::layers::credential::ResolveCredential;
+use crate::layers::dag_scope::DagScopeLayer;
 use crate::layers::export_rights::ExportRightsLayer;
 use crate::layers::limits::LimitsLayer;
 use crate::layers::observe::ObserveLayer;
@@ -49,6 +50,7 @@ pub fn build(g: &Gateway, upstream: crate::upstream::Upstream) -> Pipeline<impl 
         .layer(Authorize::layer(g.policy.clone()))
         .layer(RateLimitLayer::new(g.limits_rt.clone()))
         .layer(ExportRightsLayer::new(g.policy.clone(), g.metadata.clone()))
+        .layer(DagScopeLayer::new(g.policy.clone(), g.metadata.clone()))
         .layer(Inject::layer(
             g.vault.clone(),
             g.limits.parse.php.max_input_vars,

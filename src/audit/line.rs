@@ -39,6 +39,8 @@ pub fn to_json(r: &Record<'_>) -> String {
     o.opt_str(key!("export_rights"), r.export_rights);
     o.opt_str(key!("export_fields"), r.export_fields);
     o.list(key!("export_dropped"), r.export_dropped);
+    o.opt_str(key!("dag_scope"), r.dag_scope);
+    o.opt_int(key!("rows_dropped"), r.rows_dropped);
     o.opt_int(key!("status"), r.status.map(u64::from));
     o.opt_int(key!("upstream_status"), r.upstream_status.map(u64::from));
     o.opt_str(key!("error"), r.error);
@@ -275,6 +277,8 @@ mod tests {
                 export_rights,
                 export_fields,
                 export_dropped,
+                dag_scope: lit(client.clone()),
+                rows_dropped: bytes_in,
                 status,
                 upstream_status: status.map(|s| s / 2),
                 error: None,

@@ -68,6 +68,12 @@ pub struct Record<'a> {
     /// Named fields and instruments the rights removed.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub export_dropped: &'a [String],
+    /// A DAG-scoped call's groups (`site_a,site_b`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dag_scope: Option<&'a str>,
+    /// Rows of other groups the response filter dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_dropped: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -153,6 +153,24 @@ fn parse_xml_rows(data: &[u8]) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
+/// CSV with REDCap's `csvDelimiter` (the first row's field order for the header).
+pub fn write_csv(rows: &[Row], delimiter: u8) -> (String, &'static str) {
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(delimiter)
+        .from_writer(Vec::new());
+    if let Some(first) = rows.first() {
+        let _ = w.write_record(first.0.iter().map(|(k, _)| k));
+        for r in rows {
+            let _ = w.write_record(first.0.iter().map(|(k, _)| r.get(k).unwrap_or("")));
+        }
+    }
+    let out = w.into_inner().unwrap_or_default();
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        "text/csv; charset=utf-8",
+    )
+}
+
 /// Writes rows in a format; csv uses the first row's field order for the header.
 pub fn write_rows(format: &str, rows: &[Row]) -> (String, &'static str) {
     match format {
@@ -160,20 +178,7 @@ pub fn write_rows(format: &str, rows: &[Row]) -> (String, &'static str) {
             serde_json::to_string(rows).unwrap_or_else(|_| "[]".into()),
             "application/json; charset=utf-8",
         ),
-        "csv" => {
-            let mut w = csv::Writer::from_writer(Vec::new());
-            if let Some(first) = rows.first() {
-                let _ = w.write_record(first.0.iter().map(|(k, _)| k));
-                for r in rows {
-                    let _ = w.write_record(first.0.iter().map(|(k, _)| r.get(k).unwrap_or("")));
-                }
-            }
-            let out = w.into_inner().unwrap_or_default();
-            (
-                String::from_utf8_lossy(&out).into_owned(),
-                "text/csv; charset=utf-8",
-            )
-        }
+        "csv" => write_csv(rows, b','),
         _ => {
             let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<records>\n");
             for r in rows {

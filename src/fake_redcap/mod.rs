@@ -58,6 +58,9 @@ pub struct FakeProject {
     pub dags: Vec<Row>,
     pub user_dags: Vec<Row>,
     pub files: HashMap<(String, String, String), (String, Bytes)>,
+    /// The token owner's own DAG (empty: none). REDCap then scopes exports to it and
+    /// leaves out the `redcap_data_access_group` column.
+    pub owner_dag: String,
 }
 
 impl FakeProject {
@@ -89,9 +92,10 @@ impl FakeProject {
             r.set(k, v);
             r
         };
-        let record = |id: &str, name: &str, age: &str| {
+        let record = |id: &str, name: &str, age: &str, dag: &str| {
             Row::of(&[
                 ("record_id", id),
+                ("redcap_data_access_group", dag),
                 ("name", name),
                 ("age", age),
                 ("dob", "1990-01-01"),
@@ -172,9 +176,9 @@ impl FakeProject {
                 field("consent_file", "consent", "file", "Signed consent"),
             ],
             records: vec![
-                record("1", "Ada", "36"),
-                record("2", "Grace", "45"),
-                record("3", "Alan", "41"),
+                record("1", "Ada", "36", "site_a"),
+                record("2", "Grace", "45", "site_b"),
+                record("3", "Alan", "41", "site_a"),
             ],
             users: vec![
                 user(owner, "", "1"),
@@ -215,6 +219,7 @@ impl FakeProject {
                 Row::of(&[("username", "bob"), ("redcap_data_access_group", "site_b")]),
             ],
             files: HashMap::new(),
+            owner_dag: String::new(),
         }
     }
 }
@@ -502,14 +507,18 @@ fn export_records(project: &FakeProject, rec: &RecordedRequest, format: &str) ->
         let id = columns.remove(i);
         columns.insert(0, id);
     }
-    if flag("exportDataAccessGroups") {
+    if flag("exportDataAccessGroups") && project.owner_dag.is_empty() {
         let at = usize::from(columns.first() == Some(&record_id));
         columns.insert(at, "redcap_data_access_group".into());
     }
-    let chosen = project
-        .records
-        .iter()
-        .filter(|r| ids.is_empty() || ids.iter().any(|i| Some(i.as_str()) == r.get(&record_id)));
+    let in_owner_dag = |r: &&Row| {
+        project.owner_dag.is_empty()
+            || r.get("redcap_data_access_group") == Some(project.owner_dag.as_str())
+    };
+    let chosen =
+        project.records.iter().filter(in_owner_dag).filter(|r| {
+            ids.is_empty() || ids.iter().any(|i| Some(i.as_str()) == r.get(&record_id))
+        });
     let out: Vec<Row> = if rec.param("type").as_deref() == Some("eav") {
         chosen
             .flat_map(|r| {
@@ -534,7 +543,15 @@ fn export_records(project: &FakeProject, rec: &RecordedRequest, format: &str) ->
             })
             .collect()
     };
-    let (text, ct) = write_rows(format, &out);
+    let delimiter = match rec.param("csvDelimiter").as_deref() {
+        Some("tab") => b'\t',
+        Some(d) if d.len() == 1 => d.as_bytes()[0],
+        _ => b',',
+    };
+    let (text, ct) = match format {
+        "csv" => data::write_csv(&out, delimiter),
+        _ => write_rows(format, &out),
+    };
     respond(200, ct, text)
 }
 

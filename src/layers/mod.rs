@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod audit_intent;
 pub mod authenticate;
 pub mod credential;
+pub mod dag_scope;
 pub mod export_rights;
 pub mod limits;
 pub mod observe;

@@ -82,6 +82,11 @@ pub fn record<'a>(ctx: &'a RequestContext, phase: &'static str) -> Record<'a> {
         export_rights: ctx.export.get().map(|e| e.rights.as_str()),
         export_fields: ctx.export.get().map(|e| e.fields.as_str()),
         export_dropped: ctx.export.get().map_or(NONE, |e| e.dropped.as_slice()),
+        dag_scope: ctx.dag_scope.get().map(|d| d.dags.as_str()),
+        rows_dropped: ctx
+            .dag_scope
+            .get()
+            .map(|d| d.rows_dropped.load(std::sync::atomic::Ordering::Relaxed)),
         error: ctx.error.get().map(|(k, _)| *k),
         bytes_in: ctx.bytes_in.get().copied(),
         upstream_status: ctx.upstream_status.get().copied(),

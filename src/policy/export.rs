@@ -12,7 +12,7 @@ use crate::redcap::php_form::{PhpArray, PhpValue};
 use crate::redcap::{ExportRights, Operation, RedcapCall};
 
 /// Contents that return no record data (metadata, structure, DAG and role lists).
-const NO_RECORD_DATA: &[&str] = &[
+pub const NO_RECORD_DATA: &[&str] = &[
     "metadata",
     "exportFieldNames",
     "project",

@@ -1,0 +1,495 @@
+//! DAG scoping: a caller whose grants list data access groups reads and changes only the
+//! records of those DAGs (docs/ARCHITECTURE.md, "Records scoped by DAG").
+//! - Record exports: `exportDataAccessGroups=true` is forced and REDCap's answer streams
+//!   through `redcap::dag_filter`, which drops other DAGs' rows (and the DAG column when
+//!   the caller did not ask for it). The answer is held until the filter knows it carries
+//!   DAGs, so a token owner in a DAG is a 503 before any byte is sent.
+//! - Record imports: every row names an allowed DAG, and the records that exist already
+//!   are in allowed DAGs (asked of REDCap with the vault token, never taken from the
+//!   client). Record deletes, renames and file calls on a record: the same check.
+//! - Every other content that returns or changes per-record data is refused.
+//!
+//! Unscoped callers pass untouched.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::Frame;
+use tower::Layer;
+
+use super::parse::{FormBody, ParsedBody};
+use super::route::ProjectName;
+use super::step::Handler;
+use super::vault::Overrides;
+use super::{Req, Resp, Result};
+use crate::auth::Principal;
+use crate::body::{Body, BoxError};
+use crate::context::{DagAudit, RequestContext};
+use crate::error::GatewayError;
+use crate::metadata_cache::MetadataCache;
+use crate::policy::export::NO_RECORD_DATA;
+use crate::policy::Policy;
+use crate::redcap::dag_filter::{DagFilter, FilterError, Format, DAG_COLUMN};
+use crate::redcap::php_form::{PhpArray, PhpValue};
+use crate::redcap::{user_data, Operation, RedcapCall};
+
+#[derive(Clone)]
+pub struct DagScopeLayer {
+    policy: Arc<Policy>,
+    cache: Arc<MetadataCache>,
+}
+
+impl DagScopeLayer {
+    pub fn new(policy: Arc<Policy>, cache: Arc<MetadataCache>) -> Self {
+        DagScopeLayer { policy, cache }
+    }
+}
+
+impl<S> Layer<S> for DagScopeLayer {
+    type Service = ScopeDags<S>;
+    fn layer(&self, next: S) -> ScopeDags<S> {
+        ScopeDags {
+            policy: self.policy.clone(),
+            cache: self.cache.clone(),
+            next,
+        }
+    }
+}
+
+pub struct ScopeDags<S> {
+    policy: Arc<Policy>,
+    cache: Arc<MetadataCache>,
+    next: S,
+}
+
+/// What a scoped call needs.
+enum Plan {
+    Pass,
+    /// A record export: the answer is filtered.
+    Export {
+        format: Format,
+        eav: bool,
+        keep_column: bool,
+    },
+    /// These records must exist in allowed DAGs (delete, rename, file calls).
+    Existing(Vec<String>),
+    /// A record import: every row's DAG allowed; the records that exist in allowed DAGs.
+    Import,
+}
+
+fn scalar(post: &PhpArray, name: &str) -> Option<String> {
+    match post.get_str(name)? {
+        PhpValue::Str(s) => Some(String::from_utf8_lossy(s).into_owned()),
+        PhpValue::Array(_) => None,
+    }
+}
+
+/// `records` as REDCap reads it: an array, or a comma-separated string.
+fn records_of(post: &PhpArray) -> Vec<String> {
+    match post.get_str("records") {
+        Some(PhpValue::Str(s)) => String::from_utf8_lossy(s)
+            .split(',')
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect(),
+        Some(PhpValue::Array(a)) => a
+            .iter()
+            .filter_map(|(_, v)| match v {
+                PhpValue::Str(s) => Some(String::from_utf8_lossy(s).trim().to_string()),
+                PhpValue::Array(_) => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+fn refused(content: &str, why: &str) -> GatewayError {
+    GatewayError::Forbidden(format!(
+        "content={content} is not available to callers scoped to data access groups: {why}"
+    ))
+}
+
+/// The plan for a scoped caller's call, from the call and its `$_POST`.
+fn plan(call: &RedcapCall, post: &PhpArray) -> Result<Plan> {
+    let (content, op) = (call.content, call.operation);
+    let flag = |n: &str| {
+        scalar(post, n).is_some_and(|v| {
+            let v = v.trim();
+            !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
+        })
+    };
+    match (content, op) {
+        ("record", Operation::Export) => {
+            let format = scalar(post, "format").unwrap_or_else(|| "xml".into());
+            let delimiter = scalar(post, "csvDelimiter");
+            let format = Format::of(&format, delimiter.as_deref()).ok_or_else(|| {
+                refused(
+                    "record",
+                    "the gateway filters rows in json, csv (with REDCap's delimiters) and xml only",
+                )
+            })?;
+            // Labels would put DAG labels (and CSV header labels) where the filter reads
+            // unique group names.
+            for p in ["rawOrLabel", "rawOrLabelHeaders"] {
+                if scalar(post, p).is_some_and(|v| v != "raw") {
+                    return Err(GatewayError::Forbidden(format!(
+                        "{p}=label is not available to callers scoped to data access groups (the gateway reads each row's group by its unique name); ask for raw values"
+                    )));
+                }
+            }
+            let eav = scalar(post, "type").as_deref() == Some("eav");
+            Ok(Plan::Export {
+                format,
+                eav,
+                keep_column: flag("exportDataAccessGroups"),
+            })
+        }
+        ("record", Operation::Import) => Ok(Plan::Import),
+        ("record", Operation::Delete) => Ok(Plan::Existing(records_of(post))),
+        ("record", Operation::Other("rename")) => {
+            Ok(Plan::Existing(scalar(post, "record").into_iter().collect()))
+        }
+        ("file" | "fileInfo", _) => match scalar(post, "record") {
+            Some(r) => Ok(Plan::Existing(vec![r])),
+            None => Err(refused(content, "name the record")),
+        },
+        ("record", _) => Err(refused(
+            "record",
+            "this action is not scoped by the gateway",
+        )),
+        _ if NO_RECORD_DATA.contains(&content) => Ok(Plan::Pass),
+        ("user", _) => Ok(Plan::Pass),
+        // Metadata, arm, event and project imports change no record.
+        _ if op.is_mutating() && !matches!(content, "fileRepository") => Ok(Plan::Pass),
+        _ => Err(refused(
+            content,
+            "it returns or changes records the gateway cannot scope to your groups",
+        )),
+    }
+}
+
+/// Reads the parsed body's `$_POST` without taking it (the vault step takes it).
+fn with_post<T>(req: &Req, f: impl FnOnce(&PhpArray) -> T) -> Result<T> {
+    req.extensions()
+        .get::<ParsedBody>()
+        .and_then(|p| {
+            p.with(|b| match b {
+                FormBody::Urlencoded { form, .. } => f(&form.post),
+                FormBody::Multipart(mp) => f(&mp.form.post),
+            })
+        })
+        .ok_or_else(|| GatewayError::BadRequest("the request body was not parsed".into()))
+}
+
+impl<S: Handler> ScopeDags<S> {
+    async fn record_id_field(&self, project: &str) -> Result<String> {
+        let snap = self.cache.current(project).await.map_err(|e| {
+            tracing::warn!(project, error = %e, "DAG-scoped call refused: no project metadata");
+            GatewayError::MetadataUnavailable
+        })?;
+        Ok(snap.meta.fields[snap.meta.record_id].name.clone())
+    }
+
+    /// Each of `records` exists in an allowed DAG.
+    async fn check_existing(
+        &self,
+        project: &str,
+        allowed: &BTreeSet<String>,
+        records: &[String],
+        new_ok: bool,
+    ) -> Result<()> {
+        if records.is_empty() {
+            return if new_ok {
+                Ok(())
+            } else {
+                Err(GatewayError::BadRequest(
+                    "name the records (the parameter \"records\" or \"record\")".into(),
+                ))
+            };
+        }
+        let id = self.record_id_field(project).await?;
+        let dags = self
+            .cache
+            .record_dags(project, &id, records)
+            .await
+            .map_err(|e| {
+                tracing::warn!(project, error = %e, "DAG-scoped call refused: the records' groups could not be read");
+                GatewayError::DagScopeUnavailable
+            })?;
+        let outside: Vec<&str> = records
+            .iter()
+            .filter(|r| match dags.get(*r) {
+                Some(d) => !allowed.contains(d),
+                None => !new_ok,
+            })
+            .map(String::as_str)
+            .collect();
+        if outside.is_empty() {
+            return Ok(());
+        }
+        // Records of other groups and records that do not exist get the same answer.
+        Err(GatewayError::Forbidden(format!(
+            "these records are not in your data access groups ({}): {}",
+            join(allowed),
+            outside.join(", ")
+        )))
+    }
+
+    async fn check_import(
+        &self,
+        project: &str,
+        allowed: &BTreeSet<String>,
+        call: &RedcapCall,
+        post: &PhpArray,
+    ) -> Result<()> {
+        let data = call.data.as_deref().unwrap_or(b"");
+        let rows = user_data::parse(call.format.as_str(), data)
+            .map_err(|e| GatewayError::BadRequest(format!("data: {e}")))?;
+        let eav = scalar(post, "type").as_deref() == Some("eav");
+        let id = self.record_id_field(project).await?;
+        let mut records: Vec<String> = Vec::new();
+        let mut dag_of: std::collections::HashMap<String, String> = Default::default();
+        for (i, row) in rows.iter().enumerate() {
+            let (record, dag) = if eav {
+                let record = row.text("record").unwrap_or("").to_string();
+                let dag = (row.text("field_name") == Some(DAG_COLUMN))
+                    .then(|| row.text("value").unwrap_or("").to_string());
+                (record, dag)
+            } else {
+                let record = row.text(&id).unwrap_or("").to_string();
+                let dag = row.text(DAG_COLUMN).map(str::to_string);
+                if dag.is_none() {
+                    return Err(GatewayError::Forbidden(format!(
+                        "row {}: a caller scoped to data access groups must give each row's redcap_data_access_group (one of {})",
+                        i + 1,
+                        join(allowed)
+                    )));
+                }
+                (record, dag)
+            };
+            if let Some(d) = dag {
+                if !allowed.contains(&d) {
+                    return Err(GatewayError::Forbidden(format!(
+                        "row {}: redcap_data_access_group {d:?} is not one of your data access groups ({})",
+                        i + 1,
+                        join(allowed)
+                    )));
+                }
+                dag_of.insert(record.clone(), d);
+            }
+            if !records.contains(&record) {
+                records.push(record);
+            }
+        }
+        if let Some(r) = records.iter().find(|r| !dag_of.contains_key(*r)) {
+            return Err(GatewayError::Forbidden(format!(
+                "record {r}: a caller scoped to data access groups must give its redcap_data_access_group (one of {})",
+                join(allowed)
+            )));
+        }
+        // Records that exist already must be in allowed groups: an import could move
+        // another group's record into one of the caller's.
+        self.check_existing(project, allowed, &records, true).await
+    }
+}
+
+fn join(set: &BTreeSet<String>) -> String {
+    set.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+impl<S: Handler> Handler for ScopeDags<S> {
+    async fn handle(&self, mut req: Req) -> Result<Resp> {
+        let found = (
+            req.extensions().get::<ProjectName>().cloned(),
+            req.extensions().get::<Arc<Principal>>().cloned(),
+            req.extensions().get::<Arc<RedcapCall>>().cloned(),
+        );
+        let (Some(project), Some(who), Some(call)) = found else {
+            return Err(GatewayError::Forbidden(
+                "the request was not authenticated and parsed".into(),
+            ));
+        };
+        let Some(allowed) = self.policy.dag_scope(&project.0, &who, &call) else {
+            return self.next.handle(req).await;
+        };
+        let plan = with_post(&req, |post| plan(&call, post))??;
+        let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
+        let audit = ctx.as_ref().map(|c| {
+            let _ = c.dag_scope.set(DagAudit {
+                dags: join(&allowed),
+                ..Default::default()
+            });
+            c.clone()
+        });
+        let (format, eav, keep_column) = match plan {
+            Plan::Pass => return self.next.handle(req).await,
+            Plan::Existing(records) => {
+                self.check_existing(&project.0, &allowed, &records, false)
+                    .await?;
+                return self.next.handle(req).await;
+            }
+            Plan::Import => {
+                let post = req
+                    .extensions()
+                    .get::<ParsedBody>()
+                    .and_then(|p| {
+                        p.with(|b| match b {
+                            FormBody::Urlencoded { form, .. } => form.post.clone(),
+                            FormBody::Multipart(mp) => mp.form.post.clone(),
+                        })
+                    })
+                    .ok_or_else(|| {
+                        GatewayError::BadRequest("the request body was not parsed".into())
+                    })?;
+                self.check_import(&project.0, &allowed, &call, &post)
+                    .await?;
+                return self.next.handle(req).await;
+            }
+            Plan::Export {
+                format,
+                eav,
+                keep_column,
+            } => (format, eav, keep_column),
+        };
+        let ext = req.extensions_mut();
+        match ext.get_mut::<Overrides>() {
+            Some(ov) => ov.dags = true,
+            None => {
+                ext.insert(Overrides {
+                    fields: None,
+                    dags: true,
+                });
+            }
+        }
+        let resp = self.next.handle(req).await?;
+        if !resp.status().is_success() {
+            // REDCap's error: no records in it.
+            return Ok(resp);
+        }
+        let filter = DagFilter::new(format, eav, allowed, keep_column);
+        let (mut parts, body) = resp.into_parts();
+        let scoped = Scoped::prime(body, filter, audit).await.map_err(|e| match e {
+            FilterError::NoDagColumn => {
+                tracing::warn!(
+                    project = %project.0,
+                    "DAG-scoped export refused: REDCap's answer has no redcap_data_access_group column; the project token's owner must be in no data access group"
+                );
+                GatewayError::DagScopeUnavailable
+            }
+            FilterError::Unreadable(m) => GatewayError::UpstreamUnreadable(m),
+        })?;
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        Ok(http::Response::from_parts(parts, Body::new(scoped)))
+    }
+}
+
+/// REDCap's answer through the filter.
+struct Scoped {
+    inner: Body,
+    filter: DagFilter,
+    ready: Option<Bytes>,
+    done: bool,
+    ctx: Option<Arc<RequestContext>>,
+}
+
+impl Scoped {
+    /// Reads REDCap's answer until the filter knows it carries DAGs (or it ends), so a
+    /// refusal can still be answered whole.
+    async fn prime(
+        inner: Body,
+        filter: DagFilter,
+        ctx: Option<Arc<RequestContext>>,
+    ) -> std::result::Result<Scoped, FilterError> {
+        use http_body_util::BodyExt;
+        let mut s = Scoped {
+            inner,
+            filter,
+            ready: None,
+            done: false,
+            ctx,
+        };
+        let mut out = Vec::new();
+        while !s.filter.decided() {
+            match s.inner.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        s.filter.feed(&data, &mut out)?;
+                    }
+                }
+                Some(Err(e)) => {
+                    return Err(FilterError::Unreadable(format!(
+                        "REDCap's answer broke off: {e}"
+                    )))
+                }
+                None => {
+                    s.filter.finish(&mut out)?;
+                    s.done = true;
+                    s.record();
+                }
+            }
+        }
+        if !out.is_empty() {
+            s.ready = Some(out.into());
+        }
+        Ok(s)
+    }
+
+    fn record(&self) {
+        if let Some(a) = self.ctx.as_ref().and_then(|c| c.dag_scope.get()) {
+            a.rows_dropped
+                .store(self.filter.counts().1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl http_body::Body for Scoped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if let Some(b) = self.ready.take() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(f) => f,
+            };
+            let mut out = Vec::new();
+            let fed = match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.filter.feed(&data, &mut out),
+                    Err(_) => Ok(()),
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => {
+                    self.done = true;
+                    let r = self.filter.finish(&mut out);
+                    self.record();
+                    r
+                }
+            };
+            if let Err(e) = fed {
+                // Cut off: the caller's transfer ends in an error, never with rows the
+                // filter could not read.
+                self.done = true;
+                self.record();
+                tracing::warn!(error = %e, "DAG-scoped export cut off");
+                return Poll::Ready(Some(Err(Box::new(e))));
+            }
+            if !out.is_empty() {
+                self.ready = Some(out.into());
+            }
+        }
+    }
+}
