@@ -309,11 +309,14 @@ pub fn banner(url: &str, jwt: &str, audit: &str, config: &str) -> String {
     )
 }
 
-/// What dev mode prints for the de-identified demo group: the same export, narrowed.
-pub fn analyst_banner(url: &str, jwt: &str) -> String {
+/// What dev mode prints for the de-identified demo group (the same export, narrowed)
+/// and for the site A group (only site A's records).
+pub fn analyst_banner(url: &str, jwt: &str, site_jwt: &str) -> String {
     let api = format!("{url}/p/{DEV_PROJECT}/api/");
     format!(
         "A JWT for user 'dev-analyst' (group '{DEV_DEID_GROUP}', De-Identified export rights):\n\n{jwt}\n\n\
-         The same export without names, dates of birth or notes:\n\n  curl -s -H 'Authorization: Bearer {jwt}' \\\n    -d content=record -d format=json -d returnFormat=json {api}\n"
+         The same export without names, dates of birth or notes:\n\n  curl -s -H 'Authorization: Bearer {jwt}' \\\n    -d content=record -d format=json -d returnFormat=json {api}\n\n\
+         A JWT for user 'dev-site-a' (group '{DEV_SITE_GROUP}', data access group site_a only):\n\n{site_jwt}\n\n\
+         The same export with site A's records only:\n\n  curl -s -H 'Authorization: Bearer {site_jwt}' \\\n    -d content=record -d format=json -d returnFormat=json {api}\n"
     )
 }

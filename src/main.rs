@@ -531,7 +531,13 @@ fn main() -> ExitCode {
                 let analyst = env
                     .issuer
                     .token("dev-analyst", &[redcap_gateway::dev::DEV_DEID_GROUP]);
-                println!("{}", redcap_gateway::dev::analyst_banner(&url, &analyst));
+                let site = env
+                    .issuer
+                    .token("dev-site-a", &[redcap_gateway::dev::DEV_SITE_GROUP]);
+                println!(
+                    "{}",
+                    redcap_gateway::dev::analyst_banner(&url, &analyst, &site)
+                );
                 match serve(Live::new(env.gateway.clone(), Some(config))).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {

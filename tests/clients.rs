@@ -148,3 +148,28 @@ async fn pycap_sees_only_what_export_rights_allow() {
     assert!(out.status.success(), "PyCap export-rights checks failed");
     assert!(stdout.contains("pycap export rights: all checks passed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pycap_as_a_site_sees_and_changes_only_its_records() {
+    if !have_pycap() {
+        return;
+    }
+    let gw = TestGateway::start().await;
+    let site = gw
+        .env
+        .issuer
+        .token("sam", &[redcap_gateway::dev::DEV_SITE_GROUP]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/pycap_dag_scope.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .args([script, &gw.api(), &site])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "PyCap DAG-scope checks failed");
+    assert!(stdout.contains("pycap dag scope: all checks passed"));
+}

@@ -1209,4 +1209,78 @@ mod tests {
             );
         }
     }
+
+    mod property {
+        use super::*;
+        use proptest::prelude::*;
+
+        const DAGS: [&str; 4] = ["site_a", "site_b", "site_c", ""];
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+
+            /// For random records, DAG assignments, values (quotes, commas, newlines,
+            /// markup), formats and chunkings, a scoped caller receives exactly the rows
+            /// of its DAGs, in order, each whole.
+            #[test]
+            fn exactly_the_rows_of_the_allowed_dags(
+                dags in prop::collection::vec(0..DAGS.len(), 0..12),
+                values in prop::collection::vec("[a-z ,\"\n<>&;]{0,6}", 12),
+                format in 0..3usize,
+                eav in any::<bool>(),
+                keep in any::<bool>(),
+                cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+            ) {
+                let name = ["json", "csv", "xml"][format];
+                let mut rows = Vec::new();
+                for (i, d) in dags.iter().enumerate() {
+                    let id = (i + 1).to_string();
+                    let v = values[i].as_str();
+                    if eav {
+                        rows.push(DataRow::of(&[("record", &id), ("field_name", "record_id"), ("value", &id)]));
+                        if !DAGS[*d].is_empty() {
+                            rows.push(DataRow::of(&[("record", &id), ("field_name", DAG_COLUMN), ("value", DAGS[*d])]));
+                        }
+                        rows.push(DataRow::of(&[("record", &id), ("field_name", "notes"), ("value", v)]));
+                    } else {
+                        rows.push(DataRow::of(&[("record_id", &id), (DAG_COLUMN, DAGS[*d]), ("notes", v)]));
+                    }
+                }
+                let (text, _) = write_rows(name, &rows);
+                let input = text.as_bytes();
+                let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(input.len() + 1)).collect();
+                cuts.sort_unstable();
+                let out = run(format_of(name), eav, keep, input, &cuts);
+                let any_dag = dags.iter().any(|d| !DAGS[*d].is_empty());
+                if eav && !rows.is_empty() && !any_dag {
+                    prop_assert_eq!(out, Err(FilterError::NoDagColumn));
+                    return Ok(());
+                }
+                let out = out.unwrap();
+                let got = if out.is_empty() { Vec::new() } else { parse_rows(name, &out).unwrap() };
+                let allowed = ["site_a", "site_c"];
+                let want: Vec<DataRow> = rows
+                    .iter()
+                    .filter(|r| {
+                        let dag = if eav {
+                            let rec = r.get("record").unwrap();
+                            dags[rec.parse::<usize>().unwrap() - 1]
+                        } else {
+                            DAGS.iter().position(|d| Some(*d) == r.get(DAG_COLUMN)).unwrap()
+                        };
+                        allowed.contains(&DAGS[dag])
+                    })
+                    .filter(|r| keep || !eav || r.get("field_name") != Some(DAG_COLUMN))
+                    .map(|r| {
+                        let mut r = r.clone();
+                        if !keep && !eav {
+                            r.0.retain(|(k, _)| k != DAG_COLUMN);
+                        }
+                        r
+                    })
+                    .collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+    }
 }
