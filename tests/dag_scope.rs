@@ -3,23 +3,9 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::*;
-use http::Request;
-use http_body_util::Full;
 use redcap_gateway::dev::DEV_SITE_GROUP;
 use redcap_gateway::fake_redcap::data::{parse_rows, Row};
-
-async fn post_as(gw: &TestGateway, jwt: &str, body: &str) -> Reply {
-    send(
-        Request::post(gw.api())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("authorization", format!("Bearer {jwt}"))
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap(),
-    )
-    .await
-}
 
 fn site_a(gw: &TestGateway) -> String {
     gw.env.issuer.token("sam", &[DEV_SITE_GROUP])
@@ -97,7 +83,7 @@ async fn a_site_sees_only_its_records_in_every_format() {
             &sam,
             &format!(
                 "content=record&format=csv&csvDelimiter={}&records=1,2",
-                url(d)
+                url_encode(d)
             ),
         )
         .await;
@@ -162,7 +148,7 @@ async fn imports_and_deletes_stay_in_the_sites_groups() {
     let import = |data: &str| {
         format!(
             "content=record&action=import&format=json&data={}",
-            url(data)
+            url_encode(data)
         )
     };
     for (data, why) in [
@@ -187,7 +173,7 @@ async fn imports_and_deletes_stay_in_the_sites_groups() {
     let eav = |data: &str| {
         format!(
             "content=record&action=import&format=json&type=eav&data={}",
-            url(data)
+            url_encode(data)
         )
     };
     let r = post_as(
@@ -237,13 +223,4 @@ async fn an_owner_in_a_dag_refuses_scoped_calls_with_503() {
     )
     .await;
     assert_eq!(r.status, 503, "{}", r.text());
-}
-
-fn url(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -3,22 +3,8 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::*;
-use http::Request;
-use http_body_util::Full;
 use redcap_gateway::dev::{DEV_DEID_GROUP, DEV_GROUP};
-
-async fn post_as(gw: &TestGateway, jwt: &str, body: &str) -> Reply {
-    send(
-        Request::post(gw.api())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("authorization", format!("Bearer {jwt}"))
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap(),
-    )
-    .await
-}
 
 fn analyst(gw: &TestGateway) -> String {
     gw.env.issuer.token("ana", &[DEV_DEID_GROUP])
@@ -270,15 +256,6 @@ async fn restricted_callers_fail_closed_without_any_metadata() {
     assert!(r.json()["error"].as_str().unwrap().contains("metadata"));
     let r = gw.post("content=record&format=json").await;
     assert_eq!(r.status, 502, "{}", r.text());
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Random projects, rights and Export Records parameters, end to end through the gateway

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use tower::Layer;
 
-use super::parse::{FormBody, ParsedBody};
+use super::parse::with_post;
 use super::route::ProjectName;
 use super::step::Handler;
 use super::vault::Overrides;
@@ -81,13 +81,6 @@ enum Plan {
     Import,
 }
 
-fn scalar(post: &PhpArray, name: &str) -> Option<String> {
-    match post.get_str(name)? {
-        PhpValue::Str(s) => Some(String::from_utf8_lossy(s).into_owned()),
-        PhpValue::Array(_) => None,
-    }
-}
-
 /// `records` as REDCap reads it: an array, or a comma-separated string.
 fn records_of(post: &PhpArray) -> Vec<String> {
     match post.get_str("records") {
@@ -117,15 +110,15 @@ fn refused(content: &str, why: &str) -> GatewayError {
 fn plan(call: &RedcapCall, post: &PhpArray) -> Result<Plan> {
     let (content, op) = (call.content, call.operation);
     let flag = |n: &str| {
-        scalar(post, n).is_some_and(|v| {
+        post.text(n).is_some_and(|v| {
             let v = v.trim();
             !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
         })
     };
     match (content, op) {
         ("record", Operation::Export) => {
-            let format = scalar(post, "format").unwrap_or_else(|| "xml".into());
-            let delimiter = scalar(post, "csvDelimiter");
+            let format = post.text("format").unwrap_or_else(|| "xml".into());
+            let delimiter = post.text("csvDelimiter");
             let format = Format::of(&format, delimiter.as_deref()).ok_or_else(|| {
                 refused(
                     "record",
@@ -135,13 +128,13 @@ fn plan(call: &RedcapCall, post: &PhpArray) -> Result<Plan> {
             // Labels would put DAG labels (and CSV header labels) where the filter reads
             // unique group names.
             for p in ["rawOrLabel", "rawOrLabelHeaders"] {
-                if scalar(post, p).is_some_and(|v| v != "raw") {
+                if post.text(p).is_some_and(|v| v != "raw") {
                     return Err(GatewayError::Forbidden(format!(
                         "{p}=label is not available to callers scoped to data access groups (the gateway reads each row's group by its unique name); ask for raw values"
                     )));
                 }
             }
-            let eav = scalar(post, "type").as_deref() == Some("eav");
+            let eav = post.text("type").as_deref() == Some("eav");
             Ok(Plan::Export {
                 format,
                 eav,
@@ -151,9 +144,9 @@ fn plan(call: &RedcapCall, post: &PhpArray) -> Result<Plan> {
         ("record", Operation::Import) => Ok(Plan::Import),
         ("record", Operation::Delete) => Ok(Plan::Existing(records_of(post))),
         ("record", Operation::Other("rename")) => {
-            Ok(Plan::Existing(scalar(post, "record").into_iter().collect()))
+            Ok(Plan::Existing(post.text("record").into_iter().collect()))
         }
-        ("file" | "fileInfo", _) => match scalar(post, "record") {
+        ("file" | "fileInfo", _) => match post.text("record") {
             Some(r) => Ok(Plan::Existing(vec![r])),
             None => Err(refused(content, "name the record")),
         },
@@ -170,19 +163,6 @@ fn plan(call: &RedcapCall, post: &PhpArray) -> Result<Plan> {
             "it returns or changes records the gateway cannot scope to your groups",
         )),
     }
-}
-
-/// Reads the parsed body's `$_POST` without taking it (the vault step takes it).
-fn with_post<T>(req: &Req, f: impl FnOnce(&PhpArray) -> T) -> Result<T> {
-    req.extensions()
-        .get::<ParsedBody>()
-        .and_then(|p| {
-            p.with(|b| match b {
-                FormBody::Urlencoded { form, .. } => f(&form.post),
-                FormBody::Multipart(mp) => f(&mp.form.post),
-            })
-        })
-        .ok_or_else(|| GatewayError::BadRequest("the request body was not parsed".into()))
 }
 
 impl<S: Handler> ScopeDags<S> {
@@ -249,7 +229,7 @@ impl<S: Handler> ScopeDags<S> {
         let data = call.data.as_deref().unwrap_or(b"");
         let rows = user_data::parse(call.format.as_str(), data)
             .map_err(|e| GatewayError::BadRequest(format!("data: {e}")))?;
-        let eav = scalar(post, "type").as_deref() == Some("eav");
+        let eav = post.text("type").as_deref() == Some("eav");
         let id = self.record_id_field(project).await?;
         let mut records: Vec<String> = Vec::new();
         let mut dag_of: std::collections::HashMap<String, String> = Default::default();
@@ -333,18 +313,7 @@ impl<S: Handler> Handler for ScopeDags<S> {
                 return self.next.handle(req).await;
             }
             Plan::Import => {
-                let post = req
-                    .extensions()
-                    .get::<ParsedBody>()
-                    .and_then(|p| {
-                        p.with(|b| match b {
-                            FormBody::Urlencoded { form, .. } => form.post.clone(),
-                            FormBody::Multipart(mp) => mp.form.post.clone(),
-                        })
-                    })
-                    .ok_or_else(|| {
-                        GatewayError::BadRequest("the request body was not parsed".into())
-                    })?;
+                let post = with_post(&req, PhpArray::clone)?;
                 self.check_import(&project.0, &allowed, &call, &post)
                     .await?;
                 return self.next.handle(req).await;

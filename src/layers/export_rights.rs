@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tower::Layer;
 
-use super::parse::{FormBody, ParsedBody};
+use super::parse::with_post;
 use super::route::ProjectName;
 use super::step::Handler;
 use super::vault::Overrides;
@@ -22,7 +22,6 @@ use crate::metadata_cache::MetadataCache;
 use crate::policy::export::{self, Screen};
 use crate::policy::Policy;
 use crate::redcap::metadata::Refusal;
-use crate::redcap::php_form::PhpArray;
 use crate::redcap::RedcapCall;
 
 #[derive(Clone)]
@@ -59,19 +58,6 @@ fn refusal(r: Refusal) -> GatewayError {
         Refusal::Forbidden(m) => GatewayError::Forbidden(m),
         Refusal::BadRequest(m) => GatewayError::BadRequest(m),
     }
-}
-
-/// Reads the parsed body's `$_POST` without taking it (the vault step takes it).
-fn with_post<T>(req: &Req, f: impl FnOnce(&PhpArray) -> T) -> Result<T> {
-    req.extensions()
-        .get::<ParsedBody>()
-        .and_then(|p| {
-            p.with(|b| match b {
-                FormBody::Urlencoded { form, .. } => f(&form.post),
-                FormBody::Multipart(mp) => f(&mp.form.post),
-            })
-        })
-        .ok_or_else(|| GatewayError::BadRequest("the request body was not parsed".into()))
 }
 
 impl<S: Handler> GuardExports<S> {

@@ -176,3 +176,20 @@ impl Step for Parse {
         Ok(req)
     }
 }
+
+/// Reads the parsed body's `$_POST` without taking it (the vault step takes it), for the
+/// steps between parsing and the vault.
+pub fn with_post<T>(
+    req: &super::Req,
+    f: impl FnOnce(&crate::redcap::php_form::PhpArray) -> T,
+) -> super::Result<T> {
+    req.extensions()
+        .get::<ParsedBody>()
+        .and_then(|p| {
+            p.with(|b| match b {
+                FormBody::Urlencoded { form, .. } => f(&form.post),
+                FormBody::Multipart(mp) => f(&mp.form.post),
+            })
+        })
+        .ok_or_else(|| GatewayError::BadRequest("the request body was not parsed".into()))
+}

@@ -8,7 +8,7 @@
 
 use crate::redcap::metadata::Refusal;
 use crate::redcap::metadata::{ExportParams, ExportPlan, ExportView, FieldKind, ProjectMetadata};
-use crate::redcap::php_form::{PhpArray, PhpValue};
+use crate::redcap::php_form::PhpArray;
 use crate::redcap::{ExportRights, Operation, RedcapCall};
 
 /// Contents that return no record data (metadata, structure, DAG and role lists).
@@ -77,13 +77,6 @@ pub fn side_door(content: &str, rights: &ExportRights) -> Refusal {
     ))
 }
 
-fn scalar(post: &PhpArray, name: &str) -> Option<String> {
-    match post.get_str(name)? {
-        PhpValue::Str(s) => Some(String::from_utf8_lossy(s).into_owned()),
-        PhpValue::Array(_) => None,
-    }
-}
-
 /// The first step, for a caller whose rights are restricted. `names_user_export`: a
 /// grant naming the caller allows `user:export` by name (not through `read`).
 pub fn screen(
@@ -101,12 +94,12 @@ pub fn screen(
         ("record", Operation::Export) => Ok(Screen::Records),
         ("fileRepository", Operation::Other("list")) => Ok(Screen::Pass),
         // Only REDCap's own spelling of "metadata only" is taken as such.
-        ("project_xml", _) if scalar(post, "returnMetadataOnly").as_deref() == Some("true") => {
+        ("project_xml", _) if post.text("returnMetadataOnly").as_deref() == Some("true") => {
             Ok(Screen::Pass)
         }
         ("user", Operation::Export) if names_user_export => Ok(Screen::Pass),
         ("file" | "fileInfo", Operation::Export) => {
-            Ok(Screen::File(scalar(post, "field").unwrap_or_default()))
+            Ok(Screen::File(post.text("field").unwrap_or_default()))
         }
         _ => Err(side_door(content, rights)),
     }

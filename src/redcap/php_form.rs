@@ -112,6 +112,14 @@ impl PhpArray {
             .map(|(_, v)| v)
     }
 
+    /// A scalar parameter's value as text (lossy UTF-8); `None` when absent or an array.
+    pub fn text(&self, key: &str) -> Option<String> {
+        match self.get_str(key)? {
+            PhpValue::Str(s) => Some(String::from_utf8_lossy(s).into_owned()),
+            PhpValue::Array(_) => None,
+        }
+    }
+
     fn position(&self, key: &PhpKey) -> Option<usize> {
         self.entries.iter().position(|(k, _)| k == key)
     }

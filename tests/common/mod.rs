@@ -250,3 +250,25 @@ pub async fn slow_ok_upstream(delay: std::time::Duration) -> std::net::SocketAdd
     })
     .await
 }
+
+/// POST a urlencoded body with a caller's JWT.
+pub async fn post_as(gw: &TestGateway, jwt: &str, body: &str) -> Reply {
+    send(
+        Request::post(gw.api())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", format!("Bearer {jwt}"))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap(),
+    )
+    .await
+}
+
+/// application/x-www-form-urlencoded, for a parameter value.
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
