@@ -1,6 +1,7 @@
 //! Writes a full-path gateway config for the benchmark (RS256 JWT issuer with a JWKS
 //! file, grants, user rules, rate limits set high, audit to a file, metrics) and prints
-//! two JWTs for it: one line for the full-rights group, one for the de-identified one.
+//! three JWTs for it, a line each: the full-rights group, the de-identified one, and one
+//! scoped to data access group site_a.
 //! Usage: bench_setup DIR UPSTREAM_URL LISTEN ADMIN_LISTEN
 
 use redcap_gateway::dev::{random_redcap_token, DevIssuer};
@@ -61,6 +62,12 @@ groups = ["bench_deid"]
 allow = ["read"]
 export = "deidentified"
 
+[[projects.bench.grants]]
+groups = ["bench_site"]
+allow = ["read"]
+export = "full"
+dags = ["site_a"]
+
 [projects.bench.user_rules]
 assignable_dags = ["site_a", "site_b"]
 expiration_max_days = 3650
@@ -70,4 +77,5 @@ expiration_max_days = 3650
     std::fs::write(dir.join("gateway.toml"), config).unwrap();
     println!("{}", issuer.token("bench-user", &["bench"]));
     println!("{}", issuer.token("bench-analyst", &["bench_deid"]));
+    println!("{}", issuer.token("bench-site", &["bench_site"]));
 }

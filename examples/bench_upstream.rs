@@ -36,6 +36,21 @@ fn requested_bytes(body: &[u8]) -> Option<u64> {
     text[at..at + digits].parse().ok()
 }
 
+fn big_header() -> Bytes {
+    Bytes::from_static(b"record_id,redcap_data_access_group,age,score\n")
+}
+
+fn big_chunk() -> Bytes {
+    let mut s = String::with_capacity(64 * 1024 + 64);
+    let mut i = 0u32;
+    while s.len() < 64 * 1024 - 64 {
+        let dag = if i % 4 == 3 { "site_b" } else { "site_a" };
+        s.push_str(&format!("{},{dag},{},{}\n", 100_000 + i, 20 + i % 50, i * 7 % 100));
+        i += 1;
+    }
+    Bytes::from(s)
+}
+
 const METADATA: &str = r#"[
 {"field_name":"record_id","form_name":"visit","field_type":"text","text_validation_type_or_show_slider_number":"","identifier":""},
 {"field_name":"name","form_name":"visit","field_type":"text","text_validation_type_or_show_slider_number":"","identifier":"y"},
@@ -91,17 +106,19 @@ async fn main() {
                                 metadata_answer(&body).unwrap_or("[]").as_bytes(),
                             )))),
                         Some(n) => {
-                            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                            // Whole CSV rows: a header, then 64 KiB chunks of rows (three
+                            // in site_a for one in site_b), at least n bytes in all.
+                            let (head, chunk) = (big_header(), big_chunk());
                             let chunks = n.div_ceil(chunk.len() as u64);
-                            let stream = futures_util::stream::iter((0..chunks).map(move |i| {
-                                let left = n - i * chunk.len() as u64;
-                                Ok::<_, Infallible>(Frame::data(
-                                    chunk.slice(..(left.min(chunk.len() as u64) as usize)),
-                                ))
-                            }));
+                            let len = head.len() as u64 + chunks * chunk.len() as u64;
+                            let stream = futures_util::stream::iter(
+                                std::iter::once(head)
+                                    .chain((0..chunks).map(move |_| chunk.clone()))
+                                    .map(|b| Ok::<_, Infallible>(Frame::data(b))),
+                            );
                             hyper::Response::builder()
                                 .header("content-type", "text/csv; charset=utf-8")
-                                .header("content-length", n)
+                                .header("content-length", len)
                                 .body(BodyExt::boxed(StreamBody::new(stream)))
                         }
                         None => hyper::Response::builder()
