@@ -694,6 +694,10 @@ impl Json {
         if !pairs.0.iter().all(|(k, _)| seen.insert(k.as_ref())) {
             return Err(unreadable("a JSON record with a key twice"));
         }
+        // REDCap writes every value as a string.
+        if !pairs.0.iter().all(|(_, v)| v.get().starts_with('"')) {
+            return Err(unreadable("a JSON record value that is not a string"));
+        }
         let (dag, record, field);
         if rows.eav {
             dag = find("value").map(json_str).transpose()?;
@@ -1188,6 +1192,7 @@ mod tests {
             ("json", "[{\"record_id\":\"1\",\"redcap_data_access_group\":\"site_a\"},]"),
             ("json", "[{\"redcap_data_access_group\":\"site_b\",\"redcap_data_access_group\":\"site_a\"}]"),
             ("json", "[{\"redcap_data_access_group\":[\"site_a\"]}]"),
+            ("json", "[{\"redcap_data_access_group\":\"site_a\",\"n\":{\"a\":\"1\"}}]"),
             ("json", "{\"error\":\"x\"}"),
             ("json", "[\"site_a\"]"),
             ("json", "[] []"),
