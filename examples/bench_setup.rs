@@ -4,7 +4,8 @@
 //! scoped to data access group site_a.
 //! Usage: bench_setup DIR UPSTREAM_URL LISTEN ADMIN_LISTEN
 
-use redcap_gateway::dev::{random_redcap_token, DevIssuer};
+use redcap_gateway::dev::DevIssuer;
+use redcap_gateway::secret::random_redcap_token;
 
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();

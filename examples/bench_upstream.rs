@@ -45,7 +45,12 @@ fn big_chunk() -> Bytes {
     let mut i = 0u32;
     while s.len() < 64 * 1024 - 64 {
         let dag = if i % 4 == 3 { "site_b" } else { "site_a" };
-        s.push_str(&format!("{},{dag},{},{}\n", 100_000 + i, 20 + i % 50, i * 7 % 100));
+        s.push_str(&format!(
+            "{},{dag},{},{}\n",
+            100_000 + i,
+            20 + i % 50,
+            i * 7 % 100
+        ));
         i += 1;
     }
     Bytes::from(s)

@@ -168,13 +168,6 @@ impl DevIssuer {
     }
 }
 
-/// A fresh random REDCap-shaped token (32 upper-case hex characters).
-pub fn random_redcap_token() -> Secret {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::SecureRandom::fill(&SystemRandom::new(), &mut b);
-    Secret::new(b.iter().map(|x| format!("{x:02X}")).collect())
-}
-
 /// The dev-mode config text: one demo project, grants for the dev group.
 pub fn dev_config_text(listen: &str, upstream: &str, token_file: &str, audit_file: &str) -> String {
     format!(
@@ -261,7 +254,7 @@ impl DevEnv {
         edit: impl FnOnce(String) -> String,
     ) -> Result<DevEnv, String> {
         let fake = FakeRedcap::start().await.map_err(|e| e.to_string())?;
-        let project_token = random_redcap_token();
+        let project_token = crate::secret::random_redcap_token();
         fake.add_project(project_token.expose(), FakeProject::demo(1, "redcap_owner"));
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let token_file = dir.path().join("demo.token");

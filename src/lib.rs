@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod dev;

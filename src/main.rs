@@ -187,7 +187,8 @@ fn policy_command(cmd: PolicyCommand) -> Result<bool, String> {
         }
         println!("decision:  ALLOW");
     } else {
-        println!("decision:  DENY by {} (403)", d.rule);
+        let status = if d.bad_input { 400 } else { 403 };
+        println!("decision:  DENY by {} ({status})", d.rule);
         for r in &d.reasons {
             println!("  - {r}");
         }

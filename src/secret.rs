@@ -25,6 +25,14 @@ impl Secret {
     }
 }
 
+/// A fresh random REDCap-shaped token (32 upper-case hex characters, from the system's
+/// secure random source): personal tokens, and the dev project's token.
+pub fn random_redcap_token() -> Secret {
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut b);
+    Secret::new(b.iter().map(|x| format!("{x:02X}")).collect())
+}
+
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(Secret::new)

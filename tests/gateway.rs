@@ -360,6 +360,30 @@ async fn user_operations_are_decided_like_redcap() {
     assert!(r.text().contains("user:delete"));
 }
 
+/// Data that cannot be read is bad input (400, the parser's reason) in every content, as
+/// a malformed record import is; a rule denying well-formed data is a 403.
+#[tokio::test]
+async fn malformed_data_is_400_and_a_denial_403() {
+    let gw = TestGateway::start().await;
+    for content in ["user", "userDagMapping", "userRoleMapping", "record"] {
+        for (format, data) in [
+            ("json", "%5B%7B%22username%22%3A%20"),
+            ("xml", "%3Crecords%3E%3Citem%3E"),
+        ] {
+            let body = format!(
+                "content={content}&action=import&format={format}&returnFormat=json&data={data}"
+            );
+            let r = gw.post(&body).await;
+            assert_eq!(r.status, 400, "{body}: {}", r.text());
+            assert!(r.json()["error"].as_str().is_some(), "{}", r.text());
+        }
+    }
+    let r = gw
+        .post("content=user&action=import&format=json&returnFormat=json&data=%5B%7B%22username%22%3A%22eve%22%2C%22design%22%3A%221%22%7D%5D")
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+}
+
 #[tokio::test]
 async fn upstream_unreachable_is_502() {
     // Bind and drop a port so nothing listens there.
@@ -637,7 +661,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[tokio::test]
 async fn project_token_file_rotation_is_followed() {
     let gw = TestGateway::start().await;
-    let new = redcap_gateway::dev::random_redcap_token();
+    let new = redcap_gateway::secret::random_redcap_token();
     gw.env.fake.add_project(
         new.expose(),
         redcap_gateway::fake_redcap::FakeProject::demo(1, "redcap_owner"),

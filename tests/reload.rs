@@ -243,7 +243,7 @@ async fn rate_and_body_limits_change_on_reload() {
 async fn a_rotated_project_token_is_reloaded_and_counted() {
     let gw = TestGateway::start().await;
     let token_file = gw.env.dir.path().join("demo.token");
-    let next = redcap_gateway::dev::random_redcap_token();
+    let next = redcap_gateway::secret::random_redcap_token();
     std::fs::write(&token_file, next.expose()).unwrap();
     for _ in 0..100 {
         if counted(&gw, "token", "ok") == 1 {

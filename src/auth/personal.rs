@@ -68,12 +68,7 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::now_unix;
 
 /// `YYYY-MM-DD` -> the first second after that day ends (UTC).
 pub fn end_of_day(date: &str) -> Option<u64> {
@@ -181,7 +176,7 @@ pub fn issue_at(
     if user.is_empty() || user.len() > 256 {
         return Err("the user name must be 1 to 256 characters".into());
     }
-    let token = crate::dev::random_redcap_token();
+    let token = crate::secret::random_redcap_token();
     let mut id_bytes = [0u8; 6];
     let _ =
         aws_lc_rs::rand::SecureRandom::fill(&aws_lc_rs::rand::SystemRandom::new(), &mut id_bytes);

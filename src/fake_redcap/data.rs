@@ -145,6 +145,9 @@ fn parse_xml_rows(data: &[u8]) -> Result<Vec<Row>, String> {
                 depth = depth.saturating_sub(1);
             }
             Event::DocType(_) => return Err("DTDs are not accepted".into()),
+            Event::Eof if depth > 0 => {
+                return Err("The data is not valid XML: an element is not closed".into())
+            }
             Event::Eof => break,
             _ => {}
         }

@@ -1,5 +1,6 @@
 //! Policy: the decision for (Principal, RedcapCall, project). A denial is a 403 in
-//! REDCap's error shape naming the rule and every reason.
+//! REDCap's error shape naming the rule and every reason; data that cannot be read is a
+//! 400 with the parser's reason.
 
 use std::sync::Arc;
 
@@ -44,6 +45,14 @@ impl Step for Authorize {
         }
         if d.allowed {
             return Ok(req);
+        }
+        if d.bad_input {
+            // Malformed data is bad input, as a malformed record import is; 403 is kept
+            // for rules that denied a well-formed call.
+            return Err(GatewayError::BadRequest(format!(
+                "the data cannot be read: {}",
+                d.reasons.join("; ").trim_start_matches("data: ")
+            )));
         }
         Err(GatewayError::Forbidden(format!(
             "denied by the gateway's {} policy: {}",

@@ -142,6 +142,7 @@ fn decide(ctx: Option<&Arc<RequestContext>>, allowed: bool, reasons: Vec<String>
             reasons,
             effect,
             trace: Vec::new(),
+            bad_input: false,
         });
     }
 }

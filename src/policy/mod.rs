@@ -109,6 +109,9 @@ pub struct Decision {
     pub effect: Effect,
     /// Each rule consulted; filled only by `ProjectPolicy::explain` (`policy explain`).
     pub trace: Vec<String>,
+    /// The call's data could not be read (a 400, not a policy denial): set with the
+    /// parser's reason in `reasons`.
+    pub bad_input: bool,
 }
 
 /// The trace of a decision, written only when asked for: on the request path it would
@@ -134,6 +137,15 @@ impl Decision {
             reasons,
             effect: Effect::default(),
             trace,
+            bad_input: false,
+        }
+    }
+
+    /// The data the rule must read is not well formed: refused as bad input.
+    fn unreadable(rule: &'static str, e: impl std::fmt::Display, trace: Vec<String>) -> Decision {
+        Decision {
+            bad_input: true,
+            ..Decision::deny(rule, vec![format!("data: {e}")], trace)
         }
     }
 }
@@ -320,35 +332,19 @@ impl ProjectPolicy {
             ("user", Operation::Delete) => self.users.user_delete(&call.users),
             ("user", Operation::Import) => match rows() {
                 Ok(r) => self.users.user_import(&r, now),
-                Err(e) => {
-                    return Decision::deny("user_import", vec![format!("data: {e}")], trace.lines)
-                }
+                Err(e) => return Decision::unreadable("user_import", e, trace.lines),
             },
             ("userRole", Operation::Import) => match rows() {
                 Ok(r) => self.users.role_import(&r),
-                Err(e) => {
-                    return Decision::deny("user_role", vec![format!("data: {e}")], trace.lines)
-                }
+                Err(e) => return Decision::unreadable("user_role", e, trace.lines),
             },
             ("userRoleMapping", Operation::Import) => match rows() {
                 Ok(r) => self.users.role_mapping(&r),
-                Err(e) => {
-                    return Decision::deny(
-                        "user_role_mapping",
-                        vec![format!("data: {e}")],
-                        trace.lines,
-                    )
-                }
+                Err(e) => return Decision::unreadable("user_role_mapping", e, trace.lines),
             },
             ("userDagMapping", Operation::Import) => match rows() {
                 Ok(r) => self.users.dag_mapping(&r),
-                Err(e) => {
-                    return Decision::deny(
-                        "user_dag_mapping",
-                        vec![format!("data: {e}")],
-                        trace.lines,
-                    )
-                }
+                Err(e) => return Decision::unreadable("user_dag_mapping", e, trace.lines),
             },
             _ => {
                 return Decision {
@@ -357,6 +353,7 @@ impl ProjectPolicy {
                     reasons: Vec::new(),
                     effect: Effect::default(),
                     trace: trace.lines,
+                    bad_input: false,
                 }
             }
         };
@@ -378,6 +375,7 @@ impl ProjectPolicy {
             reasons: outcome.reasons,
             effect: outcome.effect,
             trace: trace.lines,
+            bad_input: false,
         }
     }
 }
