@@ -14,6 +14,7 @@ pub mod fake_redcap;
 pub mod forward;
 pub mod http_client;
 pub mod layers;
+pub mod linger;
 pub mod metadata_cache;
 pub mod policy;
 pub mod ratelimit;

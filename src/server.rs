@@ -37,6 +37,8 @@ pub struct Limits {
     pub max_concurrent: usize,
     pub parse: ParseLimits,
     pub max_header_bytes: usize,
+    pub linger_time: Duration,
+    pub linger_bytes: u64,
 }
 
 /// Background tasks of a gateway's parts; aborted when the last gateway using them goes.
@@ -269,6 +271,8 @@ impl Gateway {
         let limits = Limits {
             max_concurrent: l.max_concurrent_requests,
             max_header_bytes: l.max_header_bytes.0 as usize,
+            linger_time: l.linger_time.0,
+            linger_bytes: l.linger_bytes.0,
             parse: ParseLimits {
                 php: PhpLimits {
                     max_input_vars: l.max_input_vars,
@@ -628,6 +632,11 @@ async fn serve_thread(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
     let grace = gateway.config.server.shutdown_grace.0;
+    let linger = crate::linger::Linger {
+        time: gateway.limits.linger_time,
+        bytes: gateway.limits.linger_bytes,
+        count: gateway.metrics.lingering_closes.clone(),
+    };
     drop(gateway);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let me = seat.index;
@@ -642,6 +651,7 @@ async fn serve_thread(
             req.extensions_mut().insert(peer.clone());
             Pipeline::serve_owned(stacks.current(&live, build), req)
         });
+        let stream = crate::linger::LingeringStream::new(stream, linger.clone());
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub metadata_refreshes: IntCounterVec,
     /// When each project's metadata copy was fetched (its age is `time() - this`).
     pub metadata_fetched: IntGaugeVec,
+    /// Connections closed with a lingering close (`linger.rs`).
+    pub lingering_closes: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -120,6 +122,11 @@ impl Metrics {
             ),
             &["project"],
         )?;
+        let lingering_closes = IntCounter::new(
+            "redcap_gateway_lingering_closes_total",
+            "Client connections the gateway closed while the client might still be sending: read and discarded for at most limits.linger_time and limits.linger_bytes first",
+        )?;
+        registry.register(Box::new(lingering_closes.clone()))?;
         registry.register(Box::new(metadata_refreshes.clone()))?;
         registry.register(Box::new(metadata_fetched.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -150,6 +157,7 @@ impl Metrics {
             redis_errors,
             metadata_refreshes,
             metadata_fetched,
+            lingering_closes,
         })
     }
 

@@ -384,6 +384,40 @@ async fn malformed_data_is_400_and_a_denial_403() {
     assert_eq!(r.status, 403, "{}", r.text());
 }
 
+/// A client that sends its whole request before reading reads the early answer (413,
+/// 431, 401) instead of a reset: the gateway lingers, reading and discarding, before it
+/// closes (as nginx's lingering close). Counted in redcap_gateway_lingering_closes_total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answers_reach_clients_that_send_everything_first() {
+    let gw = TestGateway::start_with(with_limits("max_urlencoded_body = \"1MiB\"")).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/early_answers.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .args([
+            script,
+            "127.0.0.1",
+            &gw.addr.port().to_string(),
+            "/p/demo/api/",
+            &gw.jwt,
+            &(8 << 20).to_string(),
+        ])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("early answers: all read"));
+    let metrics = gw.env.gateway.metrics.render();
+    let lingered: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("redcap_gateway_lingering_closes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(lingered >= 10, "{lingered} lingering closes");
+}
+
 #[tokio::test]
 async fn upstream_unreachable_is_502() {
     // Bind and drop a port so nothing listens there.

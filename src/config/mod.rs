@@ -87,6 +87,11 @@ pub struct LimitsConfig {
     pub max_concurrent_requests: usize,
     /// Largest request head (request line and headers) accepted.
     pub max_header_bytes: Size,
+    /// After an early answer (413, 431, 401 before the body), how long and how much of
+    /// what the client still sends is read and discarded before the connection closes,
+    /// so that the client can read the answer (a lingering close, as nginx's).
+    pub linger_time: Dur,
+    pub linger_bytes: Size,
 }
 
 impl Default for LimitsConfig {
@@ -100,6 +105,8 @@ impl Default for LimitsConfig {
             body_timeout: Dur(Duration::from_secs(60)),
             max_concurrent_requests: 1024,
             max_header_bytes: Size(64 << 10),
+            linger_time: Dur(Duration::from_secs(5)),
+            linger_bytes: Size(128 << 20),
         }
     }
 }
@@ -640,6 +647,9 @@ impl Config {
         }
         if l.max_header_bytes.0 < 8192 {
             errs.push("limits.max_header_bytes must be at least 8192".into());
+        }
+        if l.linger_time.0 > Duration::from_secs(60) {
+            errs.push("limits.linger_time must be at most 60s".into());
         }
         // Each refresh is three or four API calls per restricted project.
         if self.metadata.refresh_interval.0 < Duration::from_secs(10) {
