@@ -37,7 +37,7 @@ fn requested_bytes(body: &[u8]) -> Option<u64> {
 }
 
 fn big_header() -> Bytes {
-    Bytes::from_static(b"record_id,redcap_data_access_group,age,score\n")
+    Bytes::from_static(b"record_id,redcap_data_access_group,age,score,visit_date,notes\n")
 }
 
 fn big_chunk() -> Bytes {
