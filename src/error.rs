@@ -31,6 +31,8 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(u64),
+    #[error("the request head (request line and headers) is larger than {0} bytes")]
+    HeaderTooLarge(usize),
     #[error(
         "unsupported Content-Type: send application/x-www-form-urlencoded or multipart/form-data"
     )]
@@ -74,6 +76,7 @@ impl GatewayError {
             Forbidden(_) => StatusCode::FORBIDDEN,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HeaderTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Overloaded
@@ -114,6 +117,7 @@ impl GatewayError {
             Forbidden(_) => "forbidden",
             BadRequest(_) => "bad_request",
             PayloadTooLarge(_) => "payload_too_large",
+            HeaderTooLarge(_) => "header_too_large",
             UnsupportedMediaType => "unsupported_media_type",
             BodyTimeout => "body_timeout",
             Overloaded => "overloaded",

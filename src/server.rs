@@ -626,7 +626,9 @@ async fn serve_thread(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(gateway.limits.max_header_bytes.max(8192));
+        .max_buf_size(
+            gateway.limits.max_header_bytes.max(8192) + crate::layers::limits::HEAD_HEADROOM,
+        );
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -41,7 +41,11 @@ pub fn build(g: &Gateway, upstream: crate::upstream::Upstream) -> Pipeline<impl 
         .layer(AccessLogLayer)
         .layer(ObserveLayer::new(g.audit.clone(), g.metrics.clone()))
         .layer(RescueLayer)
-        .layer(LimitsLayer::new(g.in_flight.clone(), g.draining.clone()))
+        .layer(LimitsLayer::new(
+            g.in_flight.clone(),
+            g.draining.clone(),
+            g.limits.max_header_bytes,
+        ))
         .layer(Route::layer(g.project_names(), self_service.enabled()))
         .layer(Authenticate::layer(g.jwt.clone(), g.personal.is_some()))
         .layer(self_service)

@@ -1,6 +1,8 @@
 //! Limits: a cap on requests in flight (more are answered 503 at once, never queued
-//! without bound), and refusal of new work while the gateway drains for shutdown. A
-//! request is in flight until its response body has been sent.
+//! without bound), refusal of new work while the gateway drains for shutdown, and the
+//! request head's size (`limits.max_header_bytes`, answered 431 in REDCap's shape; hyper
+//! reads heads up to 64 KiB past it and refuses larger ones itself, with an empty body).
+//! A request is in flight until its response body has been sent.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,14 +19,36 @@ use crate::error::GatewayError;
 pub struct LimitsLayer {
     permits: Arc<Semaphore>,
     draining: Arc<AtomicBool>,
+    max_head: usize,
 }
 
 impl LimitsLayer {
     /// `permits` is shared by every serving thread's stack.
-    pub fn new(permits: Arc<Semaphore>, draining: Arc<AtomicBool>) -> Self {
-        LimitsLayer { permits, draining }
+    pub fn new(permits: Arc<Semaphore>, draining: Arc<AtomicBool>, max_head: usize) -> Self {
+        LimitsLayer {
+            permits,
+            draining,
+            max_head,
+        }
     }
 }
+
+/// The request head's size as sent (request line and header lines, CRLFs included).
+pub fn head_size(req: &Req) -> usize {
+    let line = req.method().as_str().len()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + " HTTP/1.1\r\n ".len();
+    req.headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+        + 2
+}
+
+/// hyper reads request heads up to this much past `limits.max_header_bytes`, so that
+/// the gateway can answer a head over the limit in REDCap's shape.
+pub const HEAD_HEADROOM: usize = 64 << 10;
 
 impl<S> Layer<S> for LimitsLayer {
     type Service = Limits<S>;
@@ -45,6 +69,9 @@ impl<S: Handler> Handler for Limits<S> {
     async fn handle(&self, mut req: Req) -> Result<Resp> {
         if self.limits.draining.load(Ordering::Relaxed) {
             return Err(GatewayError::ShuttingDown);
+        }
+        if head_size(&req) > self.limits.max_head {
+            return Err(GatewayError::HeaderTooLarge(self.limits.max_head));
         }
         let permit = self
             .limits
