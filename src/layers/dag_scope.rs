@@ -434,7 +434,13 @@ impl http_body::Body for Scoped {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(f) => f,
             };
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(
+                frame
+                    .as_ref()
+                    .and_then(|f| f.as_ref().ok())
+                    .and_then(|f| f.data_ref())
+                    .map_or(0, |d| d.len()),
+            );
             let fed = match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => self.filter.feed(&data, &mut out),
