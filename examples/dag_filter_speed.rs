@@ -57,7 +57,11 @@ fn main() {
             let mut f = DagFilter::new(format, false, allowed.clone(), keep);
             let t = Instant::now();
             let mut written = 0usize;
-            for chunk in input.chunks(16 << 10) {
+            let step: usize = std::env::var("CHUNK")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(16 << 10);
+            for chunk in input.chunks(step) {
                 let mut out = Vec::with_capacity(chunk.len());
                 f.feed(chunk, &mut out).expect("readable");
                 written += out.len();

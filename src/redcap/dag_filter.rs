@@ -320,6 +320,8 @@ struct Csv {
     field_name: Vec<u8>,
     ended: bool,
     delimiter: u8,
+    /// A plain line cut by a chunk's end (no quote, no CR in it so far).
+    carry: Vec<u8>,
 }
 
 impl Csv {
@@ -338,6 +340,7 @@ impl Csv {
             field_name: Vec::new(),
             ended: false,
             delimiter,
+            carry: Vec::new(),
         }
     }
 
@@ -351,6 +354,10 @@ impl Csv {
     /// Reads `input`; an empty one is the end of the answer.
     fn drive(&mut self, mut input: &[u8], rows: &mut Rows, out: &mut Vec<u8>) -> Result<()> {
         let at_end = input.is_empty();
+        if at_end && !self.carry.is_empty() {
+            // A plain line without its line end: REDCap ends every row.
+            return Err(unreadable("CSV ended inside a row"));
+        }
         loop {
             if self.ended {
                 return if input.is_empty() {
@@ -359,110 +366,169 @@ impl Csv {
                     Err(unreadable("CSV after its end"))
                 };
             }
-            if !at_end && !self.in_field && self.raw.is_empty() {
-                let used = self.plain_rows(input, rows, out)?;
-                input = &input[used..];
+            if !at_end && !self.in_field && self.raw.is_empty() && self.columns.is_some() {
+                input = self.plain(input, rows, out)?;
             }
             // csv-core reads an empty input as the end of the answer.
             if input.is_empty() && !at_end {
                 return Ok(());
             }
-            if !self.in_field {
-                self.starts.push(self.raw.len());
-                self.in_field = true;
-            }
-            let (res, nin, nout) = self.rdr.read_field(input, &mut self.field[self.flen..]);
-            self.raw.extend_from_slice(&input[..nin]);
-            input = &input[nin..];
-            self.flen += nout;
-            if self.raw.len() > MAX_ROW {
-                return Err(unreadable("a CSV row exceeds 16 MiB"));
-            }
-            match res {
-                csv_core::ReadFieldResult::InputEmpty => {}
-                csv_core::ReadFieldResult::OutputFull => {
-                    let n = self.field.len() * 2;
-                    self.field.resize(n, 0);
-                }
-                csv_core::ReadFieldResult::Field { record_end } => {
-                    self.in_field = false;
-                    self.end_field();
-                    self.flen = 0;
-                    if record_end {
-                        if at_end {
-                            self.check_last_record()?;
-                        }
-                        self.end_record(rows, out)?;
-                    }
-                }
-                csv_core::ReadFieldResult::End => {
-                    self.ended = true;
-                    // What is left can only be blank lines (never passed on).
-                    self.starts.clear();
-                    if !self.raw.iter().all(|b| *b == b'\n' || *b == b'\r') {
-                        return Err(unreadable("CSV ended inside a row"));
-                    }
-                    self.raw.clear();
-                    return Ok(());
-                }
-            }
+            input = self.core_step(input, at_end, rows, out)?;
         }
     }
 
-    /// Rows that lie whole in `input` and hold no quote and no lone CR, read without
-    /// csv-core: memchr finds the line end and the few delimiters needed, many times
-    /// faster than csv-core's byte-by-byte reader on REDCap's mostly unquoted rows (a
-    /// hand-written fast path, kept to what it can read for certain); every other row,
-    /// and the header, go to csv-core. Blank lines are not passed on (by either path).
-    /// Returns the bytes used, always whole rows.
-    fn plain_rows(&mut self, input: &[u8], rows: &mut Rows, out: &mut Vec<u8>) -> Result<usize> {
-        let Some(c) = &self.columns else {
-            return Ok(0);
-        };
-        let d = self.delimiter;
-        let mut used = 0;
-        // One pass per row: the first line end, quote or CR decides.
-        while let Some(i) = memchr::memchr3(b'\n', b'"', b'\r', &input[used..]) {
-            let rest = &input[used..];
-            let (body, len) = match rest[i] {
-                b'\n' => (&rest[..i], i + 1),
-                b'\r' if rest.get(i + 1) == Some(&b'\n') => (&rest[..i], i + 2),
-                _ => break,
-            };
-            let line = &rest[..len];
-            used += len;
-            if body.is_empty() {
-                continue;
+    /// One csv-core call: a field (or part of one) of the record being read.
+    fn core_step<'a>(
+        &mut self,
+        input: &'a [u8],
+        at_end: bool,
+        rows: &mut Rows,
+        out: &mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        if !self.in_field {
+            self.starts.push(self.raw.len());
+            self.in_field = true;
+        }
+        let (res, nin, nout) = self.rdr.read_field(input, &mut self.field[self.flen..]);
+        self.raw.extend_from_slice(&input[..nin]);
+        self.flen += nout;
+        if self.raw.len() > MAX_ROW {
+            return Err(unreadable("a CSV row exceeds 16 MiB"));
+        }
+        match res {
+            csv_core::ReadFieldResult::InputEmpty => {}
+            csv_core::ReadFieldResult::OutputFull => {
+                let n = self.field.len() * 2;
+                self.field.resize(n, 0);
             }
-            let field = |i: usize| field_range(body, d, i).map(|(s, e)| &body[s..e]);
-            let row = match c.dag {
-                Some(k) => {
-                    let Some((start, end)) = field_range(body, d, k) else {
-                        return Err(unreadable("a CSV row with fewer fields than its header"));
-                    };
-                    let next = (end < body.len()).then_some(end + 1);
-                    let row = Row {
-                        raw: line,
-                        dag: Some(&body[start..end]),
-                        record: None,
-                        field: None,
-                    };
-                    rows.row(out, row, |out| Csv::without(out, line, start, next))?;
-                    continue;
+            csv_core::ReadFieldResult::Field { record_end } => {
+                self.in_field = false;
+                self.end_field();
+                self.flen = 0;
+                if record_end {
+                    if at_end {
+                        self.check_last_record()?;
+                    }
+                    self.end_record(rows, out)?;
                 }
-                None => Row {
-                    raw: line,
-                    dag: field(c.value),
-                    record: field(c.record),
-                    field: field(c.field),
-                },
-            };
-            if row.dag.is_none() || row.record.is_none() || row.field.is_none() {
-                return Err(unreadable("an eav row with too few fields"));
             }
-            rows.row(out, row, |_| {})?;
+            csv_core::ReadFieldResult::End => {
+                self.ended = true;
+                // What is left can only be blank lines (never passed on).
+                self.starts.clear();
+                if !self.raw.iter().all(|b| *b == b'\n' || *b == b'\r') {
+                    return Err(unreadable("CSV ended inside a row"));
+                }
+                self.raw.clear();
+            }
+        }
+        Ok(&input[nin..])
+    }
+
+    /// Plain rows from a row boundary: a line carried over from the last chunk first,
+    /// then `plain_rows`; a plain line cut by the chunk's end is carried over. Returns
+    /// what is left for csv-core (a row with a quote or a lone CR onwards).
+    fn plain<'a>(
+        &mut self,
+        input: &'a [u8],
+        rows: &mut Rows,
+        out: &mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        let mut input = input;
+        if !self.carry.is_empty() {
+            // A carried CR is a line end only with an LF right after it.
+            let end = if self.carry.ends_with(b"\r") && input.first() != Some(&b'\n') {
+                Some(LineEnd::Special)
+            } else {
+                line_end(input)
+            };
+            match end {
+                Some(LineEnd::At(len)) => {
+                    let mut line = std::mem::take(&mut self.carry);
+                    line.extend_from_slice(&input[..len]);
+                    self.plain_line(&line, rows, out)?;
+                    line.clear();
+                    self.carry = line;
+                    input = &input[len..];
+                }
+                Some(LineEnd::Special) => {
+                    // A quote or a lone CR: csv-core reads this row from its start.
+                    let carried = std::mem::take(&mut self.carry);
+                    let mut rest = &carried[..];
+                    while !rest.is_empty() {
+                        rest = self.core_step(rest, false, rows, out)?;
+                    }
+                    return Ok(input);
+                }
+                None => {
+                    if self.carry.len() + input.len() > MAX_ROW {
+                        return Err(unreadable("a CSV row exceeds 16 MiB"));
+                    }
+                    self.carry.extend_from_slice(input);
+                    return Ok(&[]);
+                }
+            }
+        }
+        let used = self.plain_rows(input, rows, out)?;
+        let rest = &input[used..];
+        if line_end(rest).is_none() {
+            // A plain line cut by the chunk's end.
+            self.carry.extend_from_slice(rest);
+            return Ok(&[]);
+        }
+        Ok(rest)
+    }
+
+    /// Rows that lie whole in `input` and hold no quote and no lone CR, read without
+    /// csv-core: memchr finds the line end, a plain loop the few fields needed, many
+    /// times faster than csv-core's byte-by-byte reader on REDCap's mostly unquoted rows
+    /// (a hand-written fast path, kept to what it can read for certain); every other
+    /// row, and the header, go to csv-core. Blank lines are not passed on (by either
+    /// path). Returns the bytes used, always whole rows.
+    fn plain_rows(&mut self, input: &[u8], rows: &mut Rows, out: &mut Vec<u8>) -> Result<usize> {
+        let mut used = 0;
+        while let Some(LineEnd::At(len)) = line_end(&input[used..]) {
+            self.plain_line(&input[used..used + len], rows, out)?;
+            used += len;
         }
         Ok(used)
+    }
+
+    /// One plain line, its line end included.
+    fn plain_line(&mut self, line: &[u8], rows: &mut Rows, out: &mut Vec<u8>) -> Result<()> {
+        let Some(c) = &self.columns else {
+            return Err(unreadable("CSV without a header"));
+        };
+        let body = line.strip_suffix(b"\n").unwrap_or(line);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        if body.is_empty() {
+            return Ok(());
+        }
+        let d = self.delimiter;
+        if let Some(k) = c.dag {
+            let Some((start, end)) = field_range(body, d, k) else {
+                return Err(unreadable("a CSV row with fewer fields than its header"));
+            };
+            let next = (end < body.len()).then_some(end + 1);
+            let row = Row {
+                raw: line,
+                dag: Some(&body[start..end]),
+                record: None,
+                field: None,
+            };
+            return rows.row(out, row, |out| Csv::without(out, line, start, next));
+        }
+        let field = |i: usize| field_range(body, d, i).map(|(s, e)| &body[s..e]);
+        let row = Row {
+            raw: line,
+            dag: field(c.value),
+            record: field(c.record),
+            field: field(c.field),
+        };
+        if row.dag.is_none() || row.record.is_none() || row.field.is_none() {
+            return Err(unreadable("an eav row with too few fields"));
+        }
+        rows.row(out, row, |_| {})
     }
 
     /// csv-core reads a record cut off by the end of the answer as complete; REDCap ends
@@ -637,6 +703,29 @@ impl Csv {
             return Err(unreadable("CSV did not end"));
         }
         Ok(())
+    }
+}
+
+/// How the next line of plain CSV ends.
+enum LineEnd {
+    /// After this many bytes (LF or CRLF included).
+    At(usize),
+    /// A quote or a lone CR comes first: csv-core must read the row.
+    Special,
+}
+
+/// Scans for the first LF, quote or CR (one memchr3 pass); `None`: none in `rest`, or
+/// a CR at its very end (its LF may come next).
+fn line_end(rest: &[u8]) -> Option<LineEnd> {
+    let i = memchr::memchr3(b'\n', b'"', b'\r', rest)?;
+    match rest[i] {
+        b'\n' => Some(LineEnd::At(i + 1)),
+        b'\r' => match rest.get(i + 1) {
+            Some(b'\n') => Some(LineEnd::At(i + 2)),
+            Some(_) => Some(LineEnd::Special),
+            None => None,
+        },
+        _ => Some(LineEnd::Special),
     }
 }
 
@@ -1224,6 +1313,44 @@ mod tests {
                 for cut2 in cut..=input.len() {
                     let split = run(Format::Csv(b','), false, keep, input, &[cut, cut2]).unwrap();
                     assert_eq!(split, whole, "cut at {cut}, {cut2}");
+                }
+            }
+        }
+    }
+
+    /// Tricky CSV (lone CRs, CRs at a cut, quotes after plain text, short rows) gives the
+    /// same answer, or the same refusal, however it is cut.
+    #[test]
+    fn csv_results_do_not_depend_on_the_cuts() {
+        let inputs: &[&[u8]] = &[
+            b"record_id,redcap_data_access_group\n1,site_a\r2,site_a\n3,site_b\n",
+            b"record_id,redcap_data_access_group,n\n1,site_a,x\ry\n",
+            b"record_id,redcap_data_access_group,n\n1,site_a,ab\"c\"\n2,site_a,\"q\"\n",
+            b"record_id,redcap_data_access_group,n\r\n1,site_a,x\r\n2\r\n",
+            b"record_id,redcap_data_access_group\n1,site_a\n2,site_a",
+            b"record_id,redcap_data_access_group\n1,site_a\r",
+        ];
+        for input in inputs {
+            for keep in [true, false] {
+                let whole = run(Format::Csv(b','), false, keep, input, &[]);
+                for cut in 0..=input.len() {
+                    for cut2 in cut..=input.len() {
+                        let split = run(Format::Csv(b','), false, keep, input, &[cut, cut2]);
+                        assert_eq!(
+                            split.is_ok(),
+                            whole.is_ok(),
+                            "{:?} cut at {cut},{cut2}: {split:?} vs {whole:?}",
+                            String::from_utf8_lossy(input)
+                        );
+                        if let (Ok(a), Ok(b)) = (&split, &whole) {
+                            assert_eq!(
+                                a,
+                                b,
+                                "{:?} cut at {cut},{cut2}",
+                                String::from_utf8_lossy(input)
+                            );
+                        }
+                    }
                 }
             }
         }
