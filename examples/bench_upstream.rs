@@ -45,11 +45,13 @@ fn big_chunk() -> Bytes {
     let mut i = 0u32;
     while s.len() < 64 * 1024 - 64 {
         let dag = if i % 4 == 3 { "site_b" } else { "site_a" };
+        // About 90 bytes, as a row of a few short fields and a note.
         s.push_str(&format!(
-            "{},{dag},{},{}\n",
+            "{},{dag},{},{},2026-01-{:02},seen in clinic; no change since the last visit\n",
             100_000 + i,
             20 + i % 50,
-            i * 7 % 100
+            i * 7 % 100,
+            1 + i % 28
         ));
         i += 1;
     }

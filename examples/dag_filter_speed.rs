@@ -52,7 +52,11 @@ fn main() {
         ("json", Format::Json),
         ("xml", Format::Xml),
     ] {
-        let input = rows(format, mb);
+        // FILE: a CSV answer saved from somewhere (e.g. the bench stub).
+        let input = match (std::env::var("FILE"), format) {
+            (Ok(f), Format::Csv(_)) => std::fs::read(f).expect("FILE is readable"),
+            _ => rows(format, mb),
+        };
         for keep in [true, false] {
             let mut f = DagFilter::new(format, false, allowed.clone(), keep);
             let t = Instant::now();
