@@ -188,8 +188,8 @@ fn check_config_accepts_a_good_file() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
 
-#[test]
-fn policy_explain_shows_the_call_the_rules_and_the_decision() {
+/// A config with one project `p` (its token in a file) and these grant lines.
+fn project_p(grants: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("t");
     std::fs::write(&tok, "0123456789ABCDEF0123456789ABCDEF").unwrap();
@@ -197,11 +197,19 @@ fn policy_explain_shows_the_call_the_rules_and_the_decision() {
     std::fs::write(
         &cfg,
         format!(
-            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[projects.p]\ntoken = \"file:{}\"\ntoken_owner = \"owner\"\n[[projects.p.grants]]\ngroups = [\"mgr\"]\nallow = [\"user:*\"]\n[projects.p.user_rules]\nallow_all_dags = true\n",
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[projects.p]\ntoken = \"file:{}\"\ntoken_owner = \"owner\"\n{grants}",
             tok.display()
         ),
     )
     .unwrap();
+    (dir, cfg)
+}
+
+#[test]
+fn policy_explain_shows_the_call_the_rules_and_the_decision() {
+    let (_dir, cfg) = project_p(
+        "[[projects.p.grants]]\ngroups = [\"mgr\"]\nallow = [\"user:*\"]\n[projects.p.user_rules]\nallow_all_dags = true\n",
+    );
     let run = |body: &str| {
         bin()
             .args([
@@ -250,20 +258,10 @@ fn policy_explain_shows_the_call_the_rules_and_the_decision() {
 
 #[test]
 fn policy_explain_prints_the_field_set_of_a_restricted_export() {
-    let dir = tempfile::tempdir().unwrap();
-    let tok = dir.path().join("t");
-    std::fs::write(&tok, "0123456789ABCDEF0123456789ABCDEF").unwrap();
-    let cfg = dir.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[projects.p]\ntoken = \"file:{}\"\ntoken_owner = \"owner\"\n\
-             [[projects.p.grants]]\ngroups = [\"analysts\"]\nallow = [\"read\"]\nexport = \"deidentified\"\n\
-             [[projects.p.grants]]\ngroups = [\"labs\"]\nallow = [\"read\"]\nexport = \"none\"\nexport_forms = {{ labs = \"full\" }}\n",
-            tok.display()
-        ),
-    )
-    .unwrap();
+    let (dir, cfg) = project_p(
+        "[[projects.p.grants]]\ngroups = [\"analysts\"]\nallow = [\"read\"]\nexport = \"deidentified\"\n\
+         [[projects.p.grants]]\ngroups = [\"labs\"]\nallow = [\"read\"]\nexport = \"none\"\nexport_forms = { labs = \"full\" }\n",
+    );
     let meta = dir.path().join("metadata.json");
     std::fs::write(
         &meta,
