@@ -224,3 +224,37 @@ async fn an_owner_in_a_dag_refuses_scoped_calls_with_503() {
     .await;
     assert_eq!(r.status, 503, "{}", r.text());
 }
+
+/// Export rights and DAG scope together: the columns the rights keep, of the site's rows.
+#[tokio::test]
+async fn rights_and_scope_apply_together() {
+    let gw = TestGateway::start_with(|t| {
+        t.replace(
+            "allow = [\"read\", \"record:import\", \"record:delete\"]\nexport = \"full\"",
+            "allow = [\"read\", \"record:import\", \"record:delete\"]\nexport = \"deidentified\"",
+        )
+    })
+    .await;
+    let sam = site_a(&gw);
+    for format in ["json", "csv", "xml"] {
+        let r = post_as(
+            &gw,
+            &sam,
+            &format!("content=record&format={format}&returnFormat={format}"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{format}: {}", r.text());
+        let (ids, rows) = records(format, false, &r);
+        assert_eq!(ids, ["1", "3"], "{format}");
+        for row in &rows {
+            assert!(
+                row.get("name").is_none() && row.get("dob").is_none(),
+                "{format}: {row:?}"
+            );
+            assert!(row.get("redcap_data_access_group").is_none(), "{format}");
+        }
+        let up = gw.env.fake.last_request().unwrap();
+        assert_eq!(up.param("exportDataAccessGroups").as_deref(), Some("true"));
+        assert!(!up.param("fields").unwrap().contains("name"));
+    }
+}
