@@ -441,6 +441,43 @@ async fn upstream_unreachable_is_502() {
     assert!(r.text().starts_with("ERROR: "));
 }
 
+/// REDCap dying in the middle of an export: the client's transfer is aborted, never a
+/// clean 200 that is silently short (Content-Length or chunked alike).
+#[tokio::test]
+async fn an_upstream_cut_mid_body_aborts_the_clients_transfer() {
+    use http_body_util::BodyExt;
+    for head in [
+        "HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ncontent-length: 100000\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ntransfer-encoding: chunked\r\n\r\n1000\r\n",
+    ] {
+        let addr = raw_upstream(move |mut s| async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(&[b'x'; 4096]).await;
+            let _ = s.flush().await;
+            // Gone, mid-body.
+        })
+        .await;
+        let gw = TestGateway::start_with(set_first("url", format!("http://{addr}"))).await;
+        let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let req = form(
+            Request::post(gw.api()).header("authorization", format!("Bearer {}", gw.jwt)),
+            "content=record&format=csv",
+        );
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+            .await
+            .expect("no hang")
+            .expect("a head");
+        assert_eq!(resp.status(), 200);
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .expect("no hang");
+        assert!(body.is_err(), "a cut export must not end cleanly: {head:?}");
+    }
+}
+
 #[tokio::test]
 async fn upstream_timeout_is_504() {
     // An upstream that reads the request and never answers (the connection stays open).
