@@ -66,6 +66,16 @@ pub enum GatewayError {
     UpstreamTimeout,
 }
 
+impl From<crate::redcap::metadata::Refusal> for GatewayError {
+    fn from(r: crate::redcap::metadata::Refusal) -> Self {
+        use crate::redcap::metadata::Refusal;
+        match r {
+            Refusal::Forbidden(m) => GatewayError::Forbidden(m),
+            Refusal::BadRequest(m) => GatewayError::BadRequest(m),
+        }
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;

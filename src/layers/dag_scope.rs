@@ -22,11 +22,9 @@ use http_body::Frame;
 use tower::Layer;
 
 use super::parse::with_post;
-use super::route::ProjectName;
 use super::step::Handler;
 use super::vault::Overrides;
-use super::{Req, Resp, Result};
-use crate::auth::Principal;
+use super::{call_parts, metadata_of, Req, Resp, Result};
 use crate::body::{Body, BoxError};
 use crate::context::{DagAudit, RequestContext};
 use crate::error::GatewayError;
@@ -34,7 +32,8 @@ use crate::metadata_cache::MetadataCache;
 use crate::policy::export::NO_RECORD_DATA;
 use crate::policy::Policy;
 use crate::redcap::dag_filter::{DagFilter, FilterError, Format, DAG_COLUMN};
-use crate::redcap::php_form::{PhpArray, PhpValue};
+use crate::redcap::metadata;
+use crate::redcap::php_form::PhpArray;
 use crate::redcap::{user_data, Operation, RedcapCall};
 
 #[derive(Clone)]
@@ -77,27 +76,11 @@ enum Plan {
     },
     /// These records must exist in allowed DAGs (delete, rename, file calls).
     Existing(Vec<String>),
-    /// A record import: every row's DAG allowed; the records that exist in allowed DAGs.
-    Import,
-}
-
-/// `records` as REDCap reads it: an array, or a comma-separated string.
-fn records_of(post: &PhpArray) -> Vec<String> {
-    match post.get_str("records") {
-        Some(PhpValue::Str(s)) => String::from_utf8_lossy(s)
-            .split(',')
-            .map(|r| r.trim().to_string())
-            .filter(|r| !r.is_empty())
-            .collect(),
-        Some(PhpValue::Array(a)) => a
-            .iter()
-            .filter_map(|(_, v)| match v {
-                PhpValue::Str(s) => Some(String::from_utf8_lossy(s).trim().to_string()),
-                PhpValue::Array(_) => None,
-            })
-            .collect(),
-        None => Vec::new(),
-    }
+    /// A record import (`type=eav` or flat): every row's DAG allowed; the records that
+    /// exist in allowed DAGs.
+    Import {
+        eav: bool,
+    },
 }
 
 fn refused(content: &str, why: &str) -> GatewayError {
@@ -109,12 +92,7 @@ fn refused(content: &str, why: &str) -> GatewayError {
 /// The plan for a scoped caller's call, from the call and its `$_POST`.
 fn plan(call: &RedcapCall, post: &PhpArray) -> Result<Plan> {
     let (content, op) = (call.content, call.operation);
-    let flag = |n: &str| {
-        post.text(n).is_some_and(|v| {
-            let v = v.trim();
-            !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false"))
-        })
-    };
+    let eav = post.text("type").as_deref() == Some("eav");
     match (content, op) {
         ("record", Operation::Export) => {
             let format = post.text("format").unwrap_or_else(|| "xml".into());
@@ -134,15 +112,14 @@ fn plan(call: &RedcapCall, post: &PhpArray) -> Result<Plan> {
                     )));
                 }
             }
-            let eav = post.text("type").as_deref() == Some("eav");
             Ok(Plan::Export {
                 format,
                 eav,
-                keep_column: flag("exportDataAccessGroups"),
+                keep_column: metadata::flag(post, "exportDataAccessGroups")?,
             })
         }
-        ("record", Operation::Import) => Ok(Plan::Import),
-        ("record", Operation::Delete) => Ok(Plan::Existing(records_of(post))),
+        ("record", Operation::Import) => Ok(Plan::Import { eav }),
+        ("record", Operation::Delete) => Ok(Plan::Existing(metadata::list(post, "records")?)),
         ("record", Operation::Other("rename")) => {
             Ok(Plan::Existing(post.text("record").into_iter().collect()))
         }
@@ -167,10 +144,7 @@ fn plan(call: &RedcapCall, post: &PhpArray) -> Result<Plan> {
 
 impl<S: Handler> ScopeDags<S> {
     async fn record_id_field(&self, project: &str) -> Result<String> {
-        let snap = self.cache.current(project).await.map_err(|e| {
-            tracing::warn!(project, error = %e, "DAG-scoped call refused: no project metadata");
-            GatewayError::MetadataUnavailable
-        })?;
+        let snap = metadata_of(&self.cache, project).await?;
         Ok(snap.meta.fields[snap.meta.record_id].name.clone())
     }
 
@@ -224,12 +198,11 @@ impl<S: Handler> ScopeDags<S> {
         project: &str,
         allowed: &BTreeSet<String>,
         call: &RedcapCall,
-        post: &PhpArray,
+        eav: bool,
     ) -> Result<()> {
         let data = call.data.as_deref().unwrap_or(b"");
         let rows = user_data::parse(call.format.as_str(), data)
             .map_err(|e| GatewayError::BadRequest(format!("data: {e}")))?;
-        let eav = post.text("type").as_deref() == Some("eav");
         let id = self.record_id_field(project).await?;
         let mut records: Vec<String> = Vec::new();
         let mut dag_of: std::collections::HashMap<String, String> = Default::default();
@@ -283,28 +256,18 @@ fn join(set: &BTreeSet<String>) -> String {
 
 impl<S: Handler> Handler for ScopeDags<S> {
     async fn handle(&self, mut req: Req) -> Result<Resp> {
-        let found = (
-            req.extensions().get::<ProjectName>().cloned(),
-            req.extensions().get::<Arc<Principal>>().cloned(),
-            req.extensions().get::<Arc<RedcapCall>>().cloned(),
-        );
-        let (Some(project), Some(who), Some(call)) = found else {
-            return Err(GatewayError::Forbidden(
-                "the request was not authenticated and parsed".into(),
-            ));
-        };
+        let (project, who, call) = call_parts(&req)?;
         let Some(allowed) = self.policy.dag_scope(&project.0, &who, &call) else {
             return self.next.handle(req).await;
         };
         let plan = with_post(&req, |post| plan(&call, post))??;
         let ctx = req.extensions().get::<Arc<RequestContext>>().cloned();
-        let audit = ctx.as_ref().map(|c| {
+        if let Some(c) = &ctx {
             let _ = c.dag_scope.set(DagAudit {
                 dags: join(&allowed),
                 ..Default::default()
             });
-            c.clone()
-        });
+        }
         let (format, eav, keep_column) = match plan {
             Plan::Pass => return self.next.handle(req).await,
             Plan::Existing(records) => {
@@ -312,10 +275,8 @@ impl<S: Handler> Handler for ScopeDags<S> {
                     .await?;
                 return self.next.handle(req).await;
             }
-            Plan::Import => {
-                let post = with_post(&req, PhpArray::clone)?;
-                self.check_import(&project.0, &allowed, &call, &post)
-                    .await?;
+            Plan::Import { eav } => {
+                self.check_import(&project.0, &allowed, &call, eav).await?;
                 return self.next.handle(req).await;
             }
             Plan::Export {
@@ -324,16 +285,9 @@ impl<S: Handler> Handler for ScopeDags<S> {
                 keep_column,
             } => (format, eav, keep_column),
         };
-        let ext = req.extensions_mut();
-        match ext.get_mut::<Overrides>() {
-            Some(ov) => ov.dags = true,
-            None => {
-                ext.insert(Overrides {
-                    fields: None,
-                    dags: true,
-                });
-            }
-        }
+        req.extensions_mut()
+            .get_or_insert_default::<Overrides>()
+            .dags = true;
         let resp = self.next.handle(req).await?;
         if !resp.status().is_success() {
             // REDCap's error: no records in it.
@@ -341,7 +295,7 @@ impl<S: Handler> Handler for ScopeDags<S> {
         }
         let filter = DagFilter::new(format, eav, allowed, keep_column);
         let (mut parts, body) = resp.into_parts();
-        let scoped = Scoped::prime(body, filter, audit).await.map_err(|e| match e {
+        let scoped = Scoped::prime(body, filter, ctx).await.map_err(|e| match e {
             FilterError::NoDagColumn => {
                 tracing::warn!(
                     project = %project.0,
@@ -383,28 +337,37 @@ impl Scoped {
         };
         let mut out = Vec::new();
         while !s.filter.decided() {
-            match s.inner.frame().await {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        s.filter.feed(&data, &mut out)?;
-                    }
-                }
-                Some(Err(e)) => {
-                    return Err(FilterError::Unreadable(format!(
-                        "REDCap's answer broke off: {e}"
-                    )))
-                }
-                None => {
-                    s.filter.finish(&mut out)?;
-                    s.done = true;
-                    s.record();
-                }
-            }
+            let frame =
+                s.inner.frame().await.transpose().map_err(|e| {
+                    FilterError::Unreadable(format!("REDCap's answer broke off: {e}"))
+                })?;
+            s.take(frame, &mut out)?;
         }
         if !out.is_empty() {
             s.ready = Some(out.into());
         }
         Ok(s)
+    }
+
+    /// Feeds one frame of REDCap's answer (`None`: its end) to the filter.
+    fn take(
+        &mut self,
+        frame: Option<Frame<Bytes>>,
+        out: &mut Vec<u8>,
+    ) -> std::result::Result<(), FilterError> {
+        match frame {
+            Some(frame) => match frame.into_data() {
+                Ok(data) => self.filter.feed(&data, out),
+                // Trailers: nothing to filter.
+                Err(_) => Ok(()),
+            },
+            None => {
+                self.done = true;
+                let r = self.filter.finish(out);
+                self.record();
+                r
+            }
+        }
     }
 
     fn record(&self) {
@@ -441,20 +404,11 @@ impl http_body::Body for Scoped {
                     .and_then(|f| f.data_ref())
                     .map_or(0, |d| d.len()),
             );
-            let fed = match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.filter.feed(&data, &mut out),
-                    Err(_) => Ok(()),
-                },
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => {
-                    self.done = true;
-                    let r = self.filter.finish(&mut out);
-                    self.record();
-                    r
-                }
+            let frame = match frame.transpose() {
+                Ok(f) => f,
+                Err(e) => return Poll::Ready(Some(Err(e))),
             };
-            if let Err(e) = fed {
+            if let Err(e) = self.take(frame, &mut out) {
                 // Cut off: the caller's transfer ends in an error, never with rows the
                 // filter could not read.
                 self.done = true;

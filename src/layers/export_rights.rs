@@ -11,17 +11,14 @@ use std::sync::Arc;
 use tower::Layer;
 
 use super::parse::with_post;
-use super::route::ProjectName;
 use super::step::Handler;
 use super::vault::Overrides;
-use super::{Req, Resp, Result};
+use super::{call_parts, metadata_of, Req, Resp, Result};
 use crate::auth::Principal;
 use crate::context::{ExportAudit, RequestContext};
-use crate::error::GatewayError;
 use crate::metadata_cache::MetadataCache;
 use crate::policy::export::{self, Screen};
 use crate::policy::Policy;
-use crate::redcap::metadata::Refusal;
 use crate::redcap::RedcapCall;
 
 #[derive(Clone)]
@@ -53,13 +50,6 @@ pub struct GuardExports<S> {
     next: S,
 }
 
-fn refusal(r: Refusal) -> GatewayError {
-    match r {
-        Refusal::Forbidden(m) => GatewayError::Forbidden(m),
-        Refusal::BadRequest(m) => GatewayError::BadRequest(m),
-    }
-}
-
 impl<S: Handler> GuardExports<S> {
     /// Allows, rewrites or refuses a restricted caller's call (`policy::export`).
     async fn apply(
@@ -73,20 +63,16 @@ impl<S: Handler> GuardExports<S> {
             return Ok(());
         };
         let names_user = self.policy.names_user_export(project, who);
-        let screen = with_post(req, |post| export::screen(call, post, &rights, names_user))?
-            .map_err(refusal)?;
+        let screen = with_post(req, |post| export::screen(call, post, &rights, names_user))??;
         if screen == Screen::Pass {
             return Ok(());
         }
-        let snap = self.cache.current(project).await.map_err(|e| {
-            tracing::warn!(project, error = %e, "restricted export refused: no project metadata");
-            GatewayError::MetadataUnavailable
-        })?;
+        let snap = metadata_of(&self.cache, project).await?;
         let view = snap.view(&rights);
         let ruled = with_post(req, |post| {
             export::rule(&screen, call, post, &snap.meta, &view)
         })?;
-        let Some(plan) = ruled.map_err(refusal)? else {
+        let Some(plan) = ruled? else {
             return Ok(());
         };
         if let Some(ctx) = req.extensions().get::<Arc<RequestContext>>() {
@@ -96,32 +82,16 @@ impl<S: Handler> GuardExports<S> {
                 plan.dropped.clone(),
             ));
         }
-        let ext = req.extensions_mut();
-        match ext.get_mut::<Overrides>() {
-            Some(ov) => ov.fields = Some(plan.fields),
-            None => {
-                ext.insert(Overrides {
-                    fields: Some(plan.fields),
-                    dags: false,
-                });
-            }
-        }
+        req.extensions_mut()
+            .get_or_insert_default::<Overrides>()
+            .fields = Some(plan.fields);
         Ok(())
     }
 }
 
 impl<S: Handler> Handler for GuardExports<S> {
     async fn handle(&self, mut req: Req) -> Result<Resp> {
-        let found = (
-            req.extensions().get::<ProjectName>().cloned(),
-            req.extensions().get::<Arc<Principal>>().cloned(),
-            req.extensions().get::<Arc<RedcapCall>>().cloned(),
-        );
-        let (Some(project), Some(who), Some(call)) = found else {
-            return Err(GatewayError::Forbidden(
-                "the request was not authenticated and parsed".into(),
-            ));
-        };
+        let (project, who, call) = call_parts(&req)?;
         self.apply(&mut req, &project.0, &who, &call).await?;
         if !export::changes_structure(&call) {
             return self.next.handle(req).await;

@@ -381,7 +381,8 @@ pub const EXPORT_PARAMS: &[&str] = &[
 
 use super::php_form::{PhpArray, PhpKey, PhpValue};
 
-fn list(post: &PhpArray, name: &'static str) -> Result<Vec<String>, Refusal> {
+/// A list parameter as REDCap reads it: an array, or a comma-separated string.
+pub fn list(post: &PhpArray, name: &'static str) -> Result<Vec<String>, Refusal> {
     let text = |b: &[u8]| {
         std::str::from_utf8(b).map(str::to_string).map_err(|_| {
             Refusal::BadRequest(format!("the parameter \"{name}\" is not valid UTF-8"))
@@ -422,7 +423,7 @@ fn list(post: &PhpArray, name: &'static str) -> Result<Vec<String>, Refusal> {
 
 /// REDCap's reading of a flag: anything but absent, empty, `0` or `false` is read as
 /// true here, so a spelling REDCap might take for true is never let through as false.
-fn flag(post: &PhpArray, name: &'static str) -> Result<bool, Refusal> {
+pub fn flag(post: &PhpArray, name: &'static str) -> Result<bool, Refusal> {
     match post.get_str(name) {
         None => Ok(false),
         Some(PhpValue::Str(s)) => {
