@@ -300,11 +300,16 @@ impl DagFilter {
 // ---------------------------------------------------------------------------- CSV
 
 /// The header's columns the filter needs.
-struct Columns {
-    dag: Option<usize>,
-    record: usize,
-    field: usize,
-    value: usize,
+#[derive(Clone, Copy)]
+enum Columns {
+    /// A flat answer: where the DAG column is.
+    Flat { dag: usize },
+    /// An eav answer: the record, field_name and value columns.
+    Eav {
+        record: usize,
+        field: usize,
+        value: usize,
+    },
 }
 
 struct Csv {
@@ -509,30 +514,39 @@ impl Csv {
             return Ok(());
         }
         let d = self.delimiter;
-        if let Some(k) = c.dag {
-            let Some((start, end)) = field_range(body, d, k) else {
-                return Err(unreadable("a CSV row with fewer fields than its header"));
-            };
-            let next = (end < body.len()).then_some(end + 1);
-            let row = Row {
-                raw: line,
-                dag: Some(&body[start..end]),
-                record: None,
-                field: None,
-            };
-            return rows.row(out, row, |out| Csv::without(out, line, start, next));
+        match *c {
+            Columns::Flat { dag } => {
+                let Some((start, end)) = field_range(body, d, dag) else {
+                    return Err(unreadable("a CSV row with fewer fields than its header"));
+                };
+                let next = (end < body.len()).then_some(end + 1);
+                let row = Row {
+                    raw: line,
+                    dag: Some(&body[start..end]),
+                    record: None,
+                    field: None,
+                };
+                rows.row(out, row, |out| Csv::without(out, line, start, next))
+            }
+            Columns::Eav {
+                record,
+                field,
+                value,
+            } => {
+                let at = |i: usize| field_range(body, d, i).map(|(s, e)| &body[s..e]);
+                let (Some(record), Some(field), Some(value)) = (at(record), at(field), at(value))
+                else {
+                    return Err(unreadable("an eav row with too few fields"));
+                };
+                let row = Row {
+                    raw: line,
+                    dag: Some(value),
+                    record: Some(record),
+                    field: Some(field),
+                };
+                rows.row(out, row, |_| {})
+            }
         }
-        let field = |i: usize| field_range(body, d, i).map(|(s, e)| &body[s..e]);
-        let row = Row {
-            raw: line,
-            dag: field(c.value),
-            record: field(c.record),
-            field: field(c.field),
-        };
-        if row.dag.is_none() || row.record.is_none() || row.field.is_none() {
-            return Err(unreadable("an eav row with too few fields"));
-        }
-        rows.row(out, row, |_| {})
     }
 
     /// csv-core reads a record cut off by the end of the answer as complete; REDCap ends
@@ -552,24 +566,27 @@ impl Csv {
         match &self.columns {
             None => self.names.push(value.to_vec()),
             Some(c) => {
-                if c.dag == Some(i) {
-                    self.dag.clear();
-                    self.dag.extend_from_slice(value);
-                }
-                if c.dag.is_none() {
-                    let slot = if i == c.record {
-                        Some(&mut self.record)
-                    } else if i == c.field {
-                        Some(&mut self.field_name)
-                    } else if i == c.value {
-                        Some(&mut self.dag)
-                    } else {
-                        None
-                    };
-                    if let Some(s) = slot {
-                        s.clear();
-                        s.extend_from_slice(value);
+                let slot = match *c {
+                    Columns::Flat { dag } => (i == dag).then_some(&mut self.dag),
+                    Columns::Eav {
+                        record,
+                        field,
+                        value: v,
+                    } => {
+                        if i == record {
+                            Some(&mut self.record)
+                        } else if i == field {
+                            Some(&mut self.field_name)
+                        } else if i == v {
+                            Some(&mut self.dag)
+                        } else {
+                            None
+                        }
                     }
+                };
+                if let Some(s) = slot {
+                    s.clear();
+                    s.extend_from_slice(value);
                 }
             }
         }
@@ -614,35 +631,38 @@ impl Csv {
             self.raw.push(b'\n');
         }
         let n = self.starts.len();
-        let result = match &self.columns {
+        let result = match self.columns {
             None => self.header(rows, out),
-            Some(c) => {
-                if let Some(k) = c.dag {
-                    if k >= n {
-                        return Err(unreadable("a CSV row with fewer fields than its header"));
-                    }
-                    let row = Row {
-                        raw: &self.raw,
-                        dag: Some(&self.dag[..]),
-                        record: None,
-                        field: None,
-                    };
-                    let (raw, starts) = (&self.raw, &self.starts);
-                    rows.row(out, row, |out| {
-                        Csv::without(out, raw, starts[k], starts.get(k + 1).copied())
-                    })
-                } else {
-                    if n <= c.record.max(c.field).max(c.value) {
-                        return Err(unreadable("an eav row with too few fields"));
-                    }
-                    let row = Row {
-                        raw: &self.raw,
-                        dag: Some(&self.dag),
-                        record: Some(&self.record),
-                        field: Some(&self.field_name),
-                    };
-                    rows.row(out, row, |_| {})
+            Some(Columns::Flat { dag: k }) => {
+                if k >= n {
+                    return Err(unreadable("a CSV row with fewer fields than its header"));
                 }
+                let row = Row {
+                    raw: &self.raw,
+                    dag: Some(&self.dag[..]),
+                    record: None,
+                    field: None,
+                };
+                let (raw, starts) = (&self.raw, &self.starts);
+                rows.row(out, row, |out| {
+                    Csv::without(out, raw, starts[k], starts.get(k + 1).copied())
+                })
+            }
+            Some(Columns::Eav {
+                record,
+                field,
+                value,
+            }) => {
+                if n <= record.max(field).max(value) {
+                    return Err(unreadable("an eav row with too few fields"));
+                }
+                let row = Row {
+                    raw: &self.raw,
+                    dag: Some(&self.dag),
+                    record: Some(&self.record),
+                    field: Some(&self.field_name),
+                };
+                rows.row(out, row, |_| {})
             }
         };
         self.raw.clear();
@@ -671,8 +691,7 @@ impl Csv {
                     "the eav header lacks record, field_name or value",
                 ));
             };
-            self.columns = Some(Columns {
-                dag: None,
+            self.columns = Some(Columns::Eav {
                 record,
                 field,
                 value,
@@ -681,12 +700,7 @@ impl Csv {
             return Ok(());
         }
         let dag = at(DAG_COLUMN).ok_or(FilterError::NoDagColumn)?;
-        self.columns = Some(Columns {
-            dag: Some(dag),
-            record: 0,
-            field: 0,
-            value: 0,
-        });
+        self.columns = Some(Columns::Flat { dag });
         rows.decided = true;
         if rows.keep_column {
             out.extend_from_slice(&self.raw);
