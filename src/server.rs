@@ -254,7 +254,7 @@ impl Gateway {
         let restricted = config
             .projects
             .keys()
-            .filter(|p| policy.restricts_exports(p))
+            .filter(|p| policy.keeps_metadata(p))
             .cloned();
         let metadata = crate::metadata_cache::MetadataCache::new(
             restricted,

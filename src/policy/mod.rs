@@ -412,7 +412,7 @@ impl Policy {
 
     /// True when some caller of the project may have restricted export rights or be
     /// scoped to DAGs (the gateway then keeps the project's metadata).
-    pub fn restricts_exports(&self, project: &str) -> bool {
+    pub fn keeps_metadata(&self, project: &str) -> bool {
         self.projects
             .get(project)
             .is_some_and(|p| !p.all_full || p.any_dags)
