@@ -249,25 +249,29 @@ impl MetadataCache {
         })
     }
 
-    async fn fetch(&self, project: &str) -> Result<ProjectMetadata, String> {
+    /// Asks REDCap with the project's vault token: `params` (urlencoded, without the
+    /// token) and the token go in one buffer, wiped when dropped.
+    async fn ask(&self, project: &str, mut params: Vec<u8>) -> Result<Bytes, String> {
         let token = self
             .vault
             .token(project)
             .ok_or("the project's token is not loaded")?;
-        let call = |content: &'static str| {
-            let mut b = Vec::with_capacity(96);
-            b.extend_from_slice(b"content=");
-            b.extend_from_slice(content.as_bytes());
-            b.extend_from_slice(b"&format=json&returnFormat=json&token=");
-            b.extend_from_slice(token.expose().as_bytes());
-            // Wiped when dropped: it holds the project's token.
-            let body = Bytes::from_owner(zeroize::Zeroizing::new(b));
-            async move {
-                self.client
-                    .post_form(&self.api, body, MAX_ANSWER, self.timeout)
-                    .await
-                    .map_err(|e| format!("content={content}: {e}"))
-            }
+        // Room for the token first, so the buffer never moves once it holds it.
+        params.reserve_exact(7 + token.expose().len());
+        params.extend_from_slice(b"&token=");
+        params.extend_from_slice(token.expose().as_bytes());
+        let body = Bytes::from_owner(zeroize::Zeroizing::new(params));
+        self.client
+            .post_form(&self.api, body, MAX_ANSWER, self.timeout)
+            .await
+    }
+
+    async fn fetch(&self, project: &str) -> Result<ProjectMetadata, String> {
+        let call = |content: &'static str| async move {
+            let params = format!("content={content}&format=json&returnFormat=json");
+            self.ask(project, params.into_bytes())
+                .await
+                .map_err(|e| format!("content={content}: {e}"))
         };
         let metadata = call("metadata").await?;
         let names = call("exportFieldNames").await?;
@@ -291,10 +295,6 @@ impl MetadataCache {
         record_id_field: &str,
         records: &[String],
     ) -> Result<HashMap<String, String>, String> {
-        let token = self
-            .vault
-            .token(project)
-            .ok_or("the project's token is not loaded")?;
         let mut b =
             Vec::with_capacity(160 + records.iter().map(|r| r.len() * 3 + 16).sum::<usize>());
         b.extend_from_slice(b"content=record&action=export&format=json&type=flat&exportDataAccessGroups=true&fields=");
@@ -303,13 +303,7 @@ impl MetadataCache {
             b.extend_from_slice(format!("&records[{i}]=").as_bytes());
             percent_encode(&mut b, r);
         }
-        b.extend_from_slice(b"&token=");
-        b.extend_from_slice(token.expose().as_bytes());
-        let body = Bytes::from_owner(zeroize::Zeroizing::new(b));
-        let answer = self
-            .client
-            .post_form(&self.api, body, MAX_ANSWER, self.timeout)
-            .await?;
+        let answer = self.ask(project, b).await?;
         let rows: Vec<HashMap<String, serde_json::Value>> = serde_json::from_slice(&answer)
             .map_err(|e| format!("the records' DAGs could not be read: {e}"))?;
         let mut out = HashMap::new();
