@@ -218,10 +218,11 @@ fn explain_export(
         Ok(s) => s,
         Err(r) => return Ok(Err(refused(r))),
     };
-    let Some(path) = metadata.filter(|_| screen != Screen::Pass) else {
-        if screen != Screen::Pass {
-            println!("fields:    decided on the project's metadata: give it with --metadata FILE");
-        }
+    if screen == Screen::Pass {
+        return Ok(Ok(()));
+    }
+    let Some(path) = metadata else {
+        println!("fields:    decided on the project's metadata: give it with --metadata FILE");
         return Ok(Ok(()));
     };
     let json = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;

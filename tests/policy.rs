@@ -570,6 +570,10 @@ fn malformed_data_is_denied_with_the_parse_error() {
         );
         assert!(!d.allowed, "{f}");
         assert!(d.reasons[0].starts_with("data: "), "{f}: {:?}", d.reasons);
+        assert!(
+            d.bad_input,
+            "{f}: unreadable data is bad input, not a denial"
+        );
     }
 }
 

@@ -35,15 +35,15 @@ impl LimitsLayer {
 
 /// The request head's size as sent (request line and header lines, CRLFs included).
 pub fn head_size(req: &Req) -> usize {
-    let line = req.method().as_str().len()
-        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
-        + " HTTP/1.1\r\n ".len();
-    req.headers()
+    // `METHOD SP target SP HTTP/1.1 CRLF`, then `name: value CRLF` each, then CRLF.
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + 1 + "HTTP/1.1".len() + 2;
+    let headers: usize = req
+        .headers()
         .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + line
-        + 2
+        .map(|(k, v)| k.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    line + headers + 2
 }
 
 /// hyper reads request heads up to this much past `limits.max_header_bytes`, so that

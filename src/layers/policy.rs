@@ -49,10 +49,7 @@ impl Step for Authorize {
         if d.bad_input {
             // Malformed data is bad input, as a malformed record import is; 403 is kept
             // for rules that denied a well-formed call.
-            return Err(GatewayError::BadRequest(format!(
-                "the data cannot be read: {}",
-                d.reasons.join("; ").trim_start_matches("data: ")
-            )));
+            return Err(GatewayError::BadRequest(d.reasons.join("; ")));
         }
         Err(GatewayError::Forbidden(format!(
             "denied by the gateway's {} policy: {}",

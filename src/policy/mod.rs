@@ -141,7 +141,8 @@ impl Decision {
         }
     }
 
-    /// The data the rule must read is not well formed: refused as bad input.
+    /// The data the rule must read is not well formed: refused as bad input, the
+    /// parser's reason in `reasons`.
     fn unreadable(rule: &'static str, e: impl std::fmt::Display, trace: Vec<String>) -> Decision {
         Decision {
             bad_input: true,
