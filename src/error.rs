@@ -64,6 +64,12 @@ pub enum GatewayError {
     UpstreamUnreachable,
     #[error("REDCap did not answer in time")]
     UpstreamTimeout,
+    /// The portal's sign-in was refused (state, cookie, code or ID token).
+    #[error("sign-in refused: {0}")]
+    SignInRefused(String),
+    /// The portal could not talk to the IdP (discovery, token endpoint).
+    #[error("the sign-in service could not be reached: {0}")]
+    IdpUnavailable(String),
 }
 
 impl From<crate::redcap::metadata::Refusal> for GatewayError {
@@ -76,13 +82,31 @@ impl From<crate::redcap::metadata::Refusal> for GatewayError {
     }
 }
 
+/// A rate-limit refusal as the client sees it: 429 with the wait, or 503 when the limits
+/// cannot be checked.
+impl From<crate::ratelimit::Refusal> for GatewayError {
+    fn from(r: crate::ratelimit::Refusal) -> Self {
+        use crate::ratelimit::Refusal;
+        match r {
+            Refusal::Limited { limit, retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                GatewayError::RateLimited {
+                    limit,
+                    retry_after_secs: secs.max(1),
+                }
+            }
+            Refusal::Unavailable => GatewayError::Overloaded,
+        }
+    }
+}
+
 impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
             NotFound | UnknownProject(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Unauthenticated(_) | SignInRefused(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
             BadRequest(_) => StatusCode::BAD_REQUEST,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -97,7 +121,9 @@ impl GatewayError {
             | AuditUnavailable
             | TokenStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            UpstreamUnreachable | UpstreamUnreadable(_) => StatusCode::BAD_GATEWAY,
+            UpstreamUnreachable | UpstreamUnreadable(_) | IdpUnavailable(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -111,7 +137,7 @@ impl GatewayError {
             | AuditUnavailable
             | TokenStoreUnavailable => Side::Gateway,
             MetadataUnavailable | DagScopeUnavailable | UpstreamUnreadable(_) => Side::Upstream,
-            UpstreamUnreachable | UpstreamTimeout => Side::Upstream,
+            UpstreamUnreachable | UpstreamTimeout | IdpUnavailable(_) => Side::Upstream,
             _ => Side::Client,
         }
     }
@@ -141,6 +167,8 @@ impl GatewayError {
             RateLimited { .. } => "rate_limited",
             UpstreamUnreachable => "upstream_unreachable",
             UpstreamTimeout => "upstream_timeout",
+            SignInRefused(_) => "sign_in_refused",
+            IdpUnavailable(_) => "idp_unavailable",
         }
     }
 }

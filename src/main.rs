@@ -513,7 +513,7 @@ fn main() -> ExitCode {
             }
             Command::Dev { listen } => {
                 init_logs(LogFormat::Text);
-                let env = match redcap_gateway::dev::DevEnv::start(&listen, |t| t).await {
+                let env = match redcap_gateway::dev::DevEnv::start_with_portal(&listen).await {
                     Ok(e) => e,
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -540,6 +540,7 @@ fn main() -> ExitCode {
                     "{}",
                     redcap_gateway::dev::analyst_banner(&url, &analyst, &site)
                 );
+                println!("{}", redcap_gateway::dev::portal_banner(&url));
                 match serve(Live::new(env.gateway.clone(), Some(config))).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {

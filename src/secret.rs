@@ -33,6 +33,26 @@ pub fn random_redcap_token() -> Secret {
     Secret::new(b.iter().map(|x| format!("{x:02X}")).collect())
 }
 
+/// Reads a secret named by reference: `env:NAME` (an environment variable) or
+/// `file:/path` (the file's content, trailing newline trimmed). Errors name the
+/// reference, never the value.
+pub fn read_ref(reference: &str) -> Result<Secret, String> {
+    let raw =
+        match reference.split_once(':') {
+            Some(("env", name)) if !name.is_empty() => std::env::var(name)
+                .map_err(|_| format!("environment variable {name} is not set"))?,
+            Some(("file", path)) if !path.is_empty() => std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {path}: {}", e.kind()))?,
+            _ => return Err("write env:NAME or file:/path".into()),
+        };
+    let raw = Zeroizing::new(raw);
+    let value = raw.trim_end_matches(['\r', '\n']);
+    if value.is_empty() {
+        return Err(format!("{reference} is empty"));
+    }
+    Ok(Secret::new(value.to_string()))
+}
+
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(Secret::new)

@@ -76,6 +76,10 @@ pub struct Gateway {
     pub limits_rt: Arc<RateLimits>,
     /// Metadata of the projects whose grants restrict exports.
     pub metadata: Arc<crate::metadata_cache::MetadataCache>,
+    /// Self-service personal tokens (`personal_tokens.self_service`), for both doors.
+    pub desk: Option<Arc<crate::desk::TokenDesk>>,
+    /// The sign-in portal (`[portal]`).
+    pub portal: Option<Arc<crate::portal::Portal>>,
     /// Issuers made in code (the dev issuer); a reload keeps them.
     extra_issuers: Vec<Arc<Issuer>>,
     /// JWKS refreshes, shared with a reloaded gateway that keeps the same issuers.
@@ -251,6 +255,40 @@ impl Gateway {
             tasks.push(p.spawn_reloader(every, counted));
         }
         let policy = Arc::new(Policy::new(policies));
+        let desk = crate::desk::TokenDesk::new(
+            config.personal_tokens.as_ref(),
+            personal.clone(),
+            policy.clone(),
+            limits_rt.clone(),
+        );
+        let portal = match (&config.portal, &desk) {
+            (Some(cfg), Some(desk)) => {
+                let issuer = jwt.issuer(&cfg.issuer).cloned().ok_or_else(|| {
+                    vec![format!(
+                        "portal.issuer {:?} is not a trusted issuer",
+                        cfg.issuer
+                    )]
+                })?;
+                let mut portal = crate::portal::Portal::new(
+                    cfg,
+                    issuer,
+                    desk.clone(),
+                    policy.clone(),
+                    client.clone(),
+                )
+                .map_err(|e| vec![e])?;
+                if let Some(old) = carry.and_then(|c| c.portal.as_deref()) {
+                    portal.keep_memory_of(old);
+                }
+                Some(Arc::new(portal))
+            }
+            (Some(_), None) => {
+                return Err(vec![
+                    "portal: set personal_tokens with self_service = true".into()
+                ])
+            }
+            _ => None,
+        };
         let restricted = config
             .projects
             .keys()
@@ -297,6 +335,8 @@ impl Gateway {
             personal,
             policy,
             metadata,
+            desk,
+            portal,
             client,
             api,
             upstream,

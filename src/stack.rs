@@ -24,17 +24,13 @@ use crate::layers::route::Route;
 use crate::layers::self_service::SelfServiceLayer;
 use crate::layers::step::{Handler, Pipeline, PipelineLayer};
 use crate::layers::vault::Inject;
+use crate::portal::PortalLayer;
 use crate::server::Gateway;
 
 /// `upstream` is the serving thread's own pool (`g.upstream.pool()`), so a request's
 /// connection tasks stay on its thread.
 pub fn build(g: &Gateway, upstream: crate::upstream::Upstream) -> Pipeline<impl Handler> {
-    let self_service = SelfServiceLayer::new(
-        g.config.personal_tokens.as_ref(),
-        g.personal.clone(),
-        g.policy.clone(),
-        g.limits_rt.clone(),
-    );
+    let self_service = SelfServiceLayer::new(g.desk.clone());
     ServiceBuilder::new()
         .layer(PipelineLayer)
         .layer(RequestIdLayer)
@@ -46,6 +42,7 @@ pub fn build(g: &Gateway, upstream: crate::upstream::Upstream) -> Pipeline<impl 
             g.draining.clone(),
             g.limits.max_header_bytes,
         ))
+        .layer(PortalLayer::new(g.portal.clone()))
         .layer(Route::layer(g.project_names(), self_service.enabled()))
         .layer(Authenticate::layer(g.jwt.clone(), g.personal.is_some()))
         .layer(self_service)

@@ -330,6 +330,22 @@ impl Issuer {
         token: &str,
         header: &jsonwebtoken::Header,
     ) -> Result<(Principal, u64), AuthError> {
+        let claims = self.verified_claims(token, header, &self.audiences).await?;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(AuthError::Invalid)?;
+        Ok((self.principal(&claims)?, exp))
+    }
+
+    /// The claims of a token signed by one of this issuer's keys with an allowed
+    /// algorithm, for this issuer, for one of `audiences`, and within its lifetime.
+    async fn verified_claims(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        audiences: &[String],
+    ) -> Result<Value, AuthError> {
         let alg = header.alg;
         if !self.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed);
@@ -355,15 +371,42 @@ impl Issuer {
         v.validate_nbf = true;
         v.validate_exp = true;
         v.set_issuer(&[&self.issuer]);
-        v.set_audience(&self.audiences);
+        v.set_audience(audiences);
         v.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Value>(token, &key.key, &v).map_err(map_jwt_error)?;
-        let exp = data
-            .claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .ok_or(AuthError::Invalid)?;
-        Ok((self.principal(&data.claims)?, exp))
+        Ok(data.claims)
+    }
+
+    /// An OIDC ID token from a sign-in (the portal): the same keys, algorithms, lifetime
+    /// checks and claims config as an API JWT, but for `client_id` as audience (and as
+    /// `azp` when several audiences are named), carrying the `nonce` the sign-in sent.
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        client_id: &str,
+        nonce: &str,
+    ) -> Result<Principal, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if unverified_issuer(token).as_deref() != Some(self.issuer.as_str()) {
+            return Err(AuthError::WrongIssuer);
+        }
+        let claims = self
+            .verified_claims(token, &header, &[client_id.to_string()])
+            .await?;
+        let sent = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
+        let same = subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), nonce.as_bytes());
+        if nonce.is_empty() || !bool::from(same) {
+            return Err(AuthError::WrongNonce);
+        }
+        let several = matches!(claims.get("aud"), Some(Value::Array(a)) if a.len() > 1);
+        let azp = claims.get("azp").and_then(Value::as_str);
+        if (several || azp.is_some()) && azp != Some(client_id) {
+            return Err(AuthError::WrongAudience);
+        }
+        self.principal(&claims)
     }
 
     fn principal(&self, claims: &Value) -> Result<Principal, AuthError> {
@@ -533,6 +576,11 @@ impl JwtVerifier {
 
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<Issuer>> {
         self.issuers.values()
+    }
+
+    /// The trusted issuer named exactly `issuer`.
+    pub fn issuer(&self, issuer: &str) -> Option<&Arc<Issuer>> {
+        self.issuers.get(issuer)
     }
 
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthError> {

@@ -12,6 +12,8 @@ pub enum CredentialKind {
     Jwt,
     /// A gateway-issued personal token sent in REDCap's `token` field.
     PersonalToken,
+    /// A sign-in portal session (an OIDC ID token verified at sign-in).
+    Session,
 }
 
 impl CredentialKind {
@@ -19,6 +21,7 @@ impl CredentialKind {
         match self {
             CredentialKind::Jwt => "jwt",
             CredentialKind::PersonalToken => "personal_token",
+            CredentialKind::Session => "portal_session",
         }
     }
 }
@@ -71,6 +74,8 @@ pub enum AuthError {
     UnknownToken,
     #[error("the token is not valid for this project")]
     WrongProject,
+    #[error("the sign-in's ID token does not carry the nonce this sign-in sent")]
+    WrongNonce,
 }
 
 impl AuthError {
@@ -94,6 +99,7 @@ impl AuthError {
             AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::UnknownToken => "unknown_token",
             AuthError::WrongProject => "wrong_project",
+            AuthError::WrongNonce => "nonce",
         }
     }
 }

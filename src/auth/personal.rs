@@ -280,6 +280,10 @@ pub struct PersonalTokens {
     key: Secret,
     entries: ArcSwap<HashMap<[u8; 32], Arc<TokenRecord>>>,
     stamp: Mutex<Option<(SystemTime, u64)>>,
+    /// When each token (by id) was last accepted by this process, to the minute: what
+    /// the portal shows as "last used" (kept in memory only, so per replica and since
+    /// start).
+    last_used: Mutex<HashMap<String, u64>>,
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -294,6 +298,7 @@ impl PersonalTokens {
             key: cfg.key.clone(),
             entries: ArcSwap::from_pointee(HashMap::new()),
             stamp: Mutex::new(None),
+            last_used: Mutex::new(HashMap::new()),
         };
         pt.reload()?;
         Ok(pt)
@@ -347,6 +352,27 @@ impl PersonalTokens {
         })
     }
 
+    fn mark_used(&self, id: &str) {
+        let now = now_unix() / 60 * 60;
+        if let Ok(mut seen) = self.last_used.lock() {
+            match seen.get_mut(id) {
+                Some(t) => *t = now,
+                None => {
+                    // Bounded by the tokens the file holds; forget revoked ones.
+                    if seen.len() >= self.entries.load().len().max(1024) {
+                        seen.clear();
+                    }
+                    seen.insert(id.to_string(), now);
+                }
+            }
+        }
+    }
+
+    /// When this process last accepted the token `id` (Unix seconds, to the minute).
+    pub fn last_used(&self, id: &str) -> Option<u64> {
+        self.last_used.lock().ok()?.get(id).copied()
+    }
+
     /// Checks a presented token for a project (None: the token names the project).
     pub fn verify(
         &self,
@@ -373,6 +399,7 @@ impl PersonalTokens {
                 return Err(AuthError::WrongProject);
             }
         }
+        self.mark_used(&rec.id);
         Ok((
             Principal {
                 user: rec.user.clone(),

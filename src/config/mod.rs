@@ -26,6 +26,9 @@ pub struct Config {
     pub vault: VaultConfig,
     /// Gateway-issued tokens for clients that cannot send a Bearer header.
     pub personal_tokens: Option<PersonalTokensConfig>,
+    /// The sign-in portal (off unless configured): analysts sign in with SSO in a
+    /// browser and manage their own personal tokens.
+    pub portal: Option<PortalConfig>,
     #[serde(default)]
     pub audit: AuditConfig,
     #[serde(default)]
@@ -379,6 +382,48 @@ fn default_self_service_lifetime() -> Dur {
 
 fn default_self_service_per_user() -> usize {
     5
+}
+
+/// The sign-in portal: an OIDC authorization-code flow (PKCE, state, nonce) against one
+/// of `auth.issuers`, a session in an encrypted cookie, pages to get and revoke personal
+/// tokens through the same code as the self-service endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortalConfig {
+    /// The gateway's address as browsers reach it (`https://gateway.example.edu`); the
+    /// redirect URI registered at the IdP is `{public_url}/portal/callback`. Plain http
+    /// only on a loopback host (dev).
+    pub public_url: String,
+    /// The issuer users sign in with: one of `auth.issuers`, whose keys and claims
+    /// config (user, groups, prefix) verify the ID token as they verify API JWTs.
+    pub issuer: String,
+    pub client_id: String,
+    /// `env:NAME` or `file:/path`. Left out: a public client (PKCE only).
+    pub client_secret: Option<String>,
+    /// `env:NAME` or `file:/path`: at least 32 bytes of random, which encrypt and sign
+    /// the session cookies. Replicas share it; changing it signs everyone out.
+    pub cookie_key: String,
+    /// Scopes asked of the IdP (`openid` is required; add the one that brings groups).
+    #[serde(default = "default_portal_scopes")]
+    pub scopes: Vec<String>,
+    /// How long a sign-in lasts (at most 24h); the groups are those of the sign-in.
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime: Dur,
+    /// How long a user may take at the IdP's login page.
+    #[serde(default = "default_login_timeout")]
+    pub login_timeout: Dur,
+}
+
+fn default_portal_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into(), "email".into()]
+}
+
+fn default_session_lifetime() -> Dur {
+    Dur(Duration::from_secs(8 * 3600))
+}
+
+fn default_login_timeout() -> Dur {
+    Dur(Duration::from_secs(600))
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -750,6 +795,9 @@ impl Config {
                 errs.push("personal_tokens.self_service_max_per_user must be at least 1".into());
             }
         }
+        if let Some(portal) = &self.portal {
+            self.validate_portal(portal, &mut errs);
+        }
         for (name, p) in &self.projects {
             let at = format!("projects.{name}");
             if !is_project_name(name) {
@@ -801,6 +849,81 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigError::Invalid(errs))
+        }
+    }
+}
+
+impl Config {
+    fn validate_portal(&self, p: &PortalConfig, errs: &mut Vec<String>) {
+        match http::Uri::try_from(p.public_url.as_str()) {
+            Ok(uri) => {
+                let scheme = uri.scheme_str().unwrap_or("");
+                let host = uri.host().unwrap_or("");
+                let path_ok = matches!(uri.path(), "" | "/") && uri.query().is_none();
+                if host.is_empty() || !path_ok || !(scheme == "https" || scheme == "http") {
+                    errs.push("portal.public_url must be an origin such as https://gateway.example.edu (no path or query)".into());
+                } else if scheme == "http" && !is_loopback_host(host) {
+                    errs.push("portal.public_url must be https outside loopback: the session cookie is Secure".into());
+                }
+                if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                    errs.push("portal.public_url must not hold credentials".into());
+                }
+            }
+            Err(_) => errs.push("portal.public_url is not a URL".into()),
+        }
+        match self.auth.issuers.iter().find(|i| i.issuer == p.issuer) {
+            None => errs.push(format!(
+                "portal.issuer {:?} must be one of auth.issuers (its keys and claims verify the ID token)",
+                p.issuer
+            )),
+            Some(i) if i.kind == IssuerKind::Kubernetes => {
+                errs.push("portal.issuer is a Kubernetes issuer; people sign in with an OIDC one".into())
+            }
+            Some(_) if !(p.issuer.starts_with("https://") || p.issuer.starts_with("http://")) => {
+                errs.push("portal.issuer must be an http(s) URL with OIDC discovery".into())
+            }
+            Some(_) => {}
+        }
+        if p.client_id.is_empty() || p.client_id.len() > 256 {
+            errs.push("portal.client_id must be 1 to 256 characters".into());
+        }
+        if let Some(s) = &p.client_secret {
+            if let Err(e) = crate::secret::read_ref(s) {
+                errs.push(format!("portal.client_secret: {e}"));
+            }
+        }
+        match crate::secret::read_ref(&p.cookie_key) {
+            Ok(k) if k.expose().len() < 32 => {
+                errs.push("portal.cookie_key must be at least 32 bytes".into())
+            }
+            Ok(_) => {}
+            Err(e) => errs.push(format!("portal.cookie_key: {e}")),
+        }
+        if !p.scopes.iter().any(|s| s == "openid") {
+            errs.push("portal.scopes must include \"openid\"".into());
+        }
+        if let Some(bad) = p.scopes.iter().find(|s| {
+            s.is_empty()
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            errs.push(format!("portal.scopes: {bad:?} is not a scope token"));
+        }
+        let life = p.session_lifetime.0;
+        if !(Duration::from_secs(300)..=Duration::from_secs(86_400)).contains(&life) {
+            errs.push("portal.session_lifetime must be between 5m and 24h".into());
+        }
+        let login = p.login_timeout.0;
+        if !(Duration::from_secs(60)..=Duration::from_secs(1800)).contains(&login) {
+            errs.push("portal.login_timeout must be between 1m and 30m".into());
+        }
+        if !self
+            .personal_tokens
+            .as_ref()
+            .is_some_and(|t| t.self_service)
+        {
+            errs.push("portal: set personal_tokens with self_service = true (the portal hands out personal tokens)".into());
         }
     }
 }

@@ -68,17 +68,7 @@ impl<S: Handler> Handler for RateLimit<S> {
     }
 }
 
-/// A refusal as the client sees it: 429 with the wait, or 503 when the limits cannot be
-/// checked.
+/// A refusal as the client sees it (`From<Refusal> for GatewayError`).
 pub fn refused(r: Refusal) -> GatewayError {
-    match r {
-        Refusal::Limited { limit, retry_after } => {
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            GatewayError::RateLimited {
-                limit,
-                retry_after_secs: secs.max(1),
-            }
-        }
-        Refusal::Unavailable => GatewayError::Overloaded,
-    }
+    GatewayError::from(r)
 }

@@ -154,6 +154,8 @@ impl Decision {
 struct Grant {
     groups: Vec<String>,
     users: Vec<String>,
+    /// As written in the config (`read`, `user:*`), for the portal's pages.
+    allow: Vec<String>,
     permissions: Vec<Permission>,
     export: ExportRights,
     /// The DAGs its members are scoped to; `None`: every record.
@@ -203,6 +205,7 @@ impl ProjectPolicy {
             out.push(Grant {
                 groups: g.groups.clone(),
                 users: g.users.clone(),
+                allow: g.allow.clone(),
                 permissions,
                 export: ExportRights::of_grant(g),
                 dags: g
@@ -271,6 +274,26 @@ impl ProjectPolicy {
     /// True when some grant names `who` (by user or group), whatever it allows.
     pub fn names(&self, who: &Principal) -> bool {
         self.grants.iter().any(|g| g.applies_to(who))
+    }
+
+    /// What `who` may do here, grant by grant (`None` when no grant names them).
+    pub fn access(&self, who: &Principal) -> Option<Access> {
+        let grants: Vec<GrantAccess> = self
+            .grants
+            .iter()
+            .filter(|g| g.applies_to(who))
+            .map(|g| GrantAccess {
+                allow: g.allow.clone(),
+                dags: g.dags.as_ref().map(|d| d.iter().cloned().collect()),
+            })
+            .collect();
+        if grants.is_empty() {
+            return None;
+        }
+        Some(Access {
+            grants,
+            export: self.export_rights(who),
+        })
     }
 
     /// Default deny: a grant naming the caller must allow the call; then calls that
@@ -381,6 +404,22 @@ impl ProjectPolicy {
     }
 }
 
+/// What a caller may do on a project, as the portal shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// Each grant naming the caller.
+    pub grants: Vec<GrantAccess>,
+    /// Their data export rights (`None`: Full Data Set everywhere).
+    pub export: Option<ExportRights>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantAccess {
+    pub allow: Vec<String>,
+    /// The data access groups whose records it reaches (`None`: every record).
+    pub dags: Option<Vec<String>>,
+}
+
 /// Every project's policy.
 #[derive(Default)]
 pub struct Policy {
@@ -395,6 +434,31 @@ impl Policy {
     /// True when a grant of `project` names `who` (self-service tokens need one).
     pub fn names(&self, project: &str, who: &Principal) -> bool {
         self.projects.get(project).is_some_and(|p| p.names(who))
+    }
+
+    /// The projects some grant of which names `who`, in name order.
+    pub fn projects_naming(&self, who: &Principal) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .projects
+            .iter()
+            .filter(|(_, p)| p.names(who))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// What `who` may do on `project` (`None`: nothing, or no such project).
+    pub fn access(&self, project: &str, who: &Principal) -> Option<Access> {
+        self.projects.get(project)?.access(who)
+    }
+
+    /// True when some grant of some project names `group`: the only groups a session
+    /// needs to keep.
+    pub fn names_group(&self, group: &str) -> bool {
+        self.projects
+            .values()
+            .any(|p| p.grants.iter().any(|g| g.groups.iter().any(|x| x == group)))
     }
 
     /// The caller's restricted export rights on a project (`None`: Full Data Set).

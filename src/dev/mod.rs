@@ -1,5 +1,8 @@
 //! Dev mode and test fixtures: a local JWT issuer and a gateway in front of the fake
-//! REDCap, configured through the same config loader as production.
+//! REDCap, configured through the same config loader as production; in dev mode also a
+//! local sign-in service (`idp.rs`) for the portal.
+
+pub mod idp;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -240,6 +243,8 @@ pub struct DevEnv {
     pub project_token: Secret,
     pub gateway: Arc<Gateway>,
     pub dir: tempfile::TempDir,
+    /// Dev mode's sign-in service, when the portal is on.
+    pub idp: Option<idp::DevIdp>,
 }
 
 impl DevEnv {
@@ -283,7 +288,46 @@ impl DevEnv {
             project_token,
             gateway: Arc::new(gateway),
             dir,
+            idp: None,
         })
+    }
+
+    /// Dev mode: `start`, plus the sign-in portal at `http://{listen}/portal/` with a
+    /// local sign-in service, and self-service personal tokens.
+    pub async fn start_with_portal(listen: &str) -> Result<DevEnv, String> {
+        let public = format!("http://{listen}");
+        let secrets = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let client_secret = crate::secret::random_redcap_token();
+        let idp = idp::DevIdp::start(&format!("{public}/portal/callback"), client_secret.expose())
+            .await?;
+        let write = |name: &str, value: &str| -> Result<String, String> {
+            let path = secrets.path().join(name);
+            std::fs::write(&path, value).map_err(|e| e.to_string())?;
+            Ok(path.display().to_string())
+        };
+        let secret_file = write("portal-client-secret", client_secret.expose())?;
+        let cookie_key = crate::secret::random_redcap_token();
+        let key_file = write("portal-cookie-key", &cookie_key.expose().repeat(2))?;
+        let hmac = crate::secret::random_redcap_token();
+        let tokens = secrets.path().join("personal-tokens.json");
+        let section = format!(
+            "{}\n[personal_tokens]\nfile = \"{}\"\nkey = \"{}\"\nself_service = true\n\n\
+             [portal]\npublic_url = \"{public}\"\nissuer = \"{}\"\nclient_id = \"{}\"\n\
+             client_secret = \"file:{secret_file}\"\ncookie_key = \"file:{key_file}\"\n",
+            idp.issuer_config(),
+            tokens.display(),
+            hmac.expose(),
+            idp.issuer,
+            idp::DEV_CLIENT_ID,
+        );
+        let mut env = Self::start(listen, |t| {
+            t.replacen("\n[projects.", &format!("{section}\n[projects."), 1)
+        })
+        .await?;
+        env.idp = Some(idp);
+        // Kept as long as the environment: the files the config names.
+        std::mem::forget(secrets);
+        Ok(env)
     }
 }
 
@@ -299,6 +343,17 @@ pub fn banner(url: &str, jwt: &str, audit: &str, config: &str) -> String {
          The audit log is {audit} (check it: redcap-gateway verify-audit {audit}).\n\
          The config is {config}: edit it and the gateway reloads it (or send SIGHUP).\n\
          Ctrl-C stops it.\n",
+    )
+}
+
+/// What dev mode prints for the portal: sign in, create a token, use it.
+pub fn portal_banner(url: &str) -> String {
+    let api = format!("{url}/p/{DEV_PROJECT}/api/");
+    format!(
+        "The sign-in portal: open {url}/portal/ in a browser, sign in (dev sign-in: pick a user),\n\
+         open project '{DEV_PROJECT}' and create a token. Then, with TOKEN the token it shows:\n\n\
+         \x20 curl -s -d token=TOKEN -d content=record -d format=json -d returnFormat=json {api}\n\n\
+         \x20 python3 -c 'from redcap import Project; p = Project(\"{api}\", \"TOKEN\"); print(p.export_records())'\n"
     )
 }
 
