@@ -41,8 +41,18 @@ struct Pending {
     until: u64,
 }
 
+/// A test's change to the next ID token the provider signs (attacks on the portal).
+#[derive(Default)]
+pub struct Tamper {
+    /// Claims merged over the real ones (`null` removes one).
+    pub claims: serde_json::Value,
+    /// Signed by another key under the same key id.
+    pub foreign_key: bool,
+}
+
 struct State {
     signer: DevIssuer,
+    tamper: Mutex<Option<Tamper>>,
     client_secret: String,
     redirect_uri: String,
     codes: Mutex<HashMap<String, Pending>>,
@@ -103,6 +113,7 @@ impl DevIdp {
         let issuer = format!("http://{addr}");
         let state = Arc::new(State {
             signer: DevIssuer::new(&issuer)?,
+            tamper: Mutex::new(None),
             client_secret: client_secret.to_string(),
             redirect_uri: redirect_uri.to_string(),
             codes: Mutex::new(HashMap::new()),
@@ -130,6 +141,13 @@ impl DevIdp {
             }
         });
         Ok(idp)
+    }
+
+    /// The next ID token is changed as `t` says (then tokens are genuine again).
+    pub fn tamper_next(&self, t: Tamper) {
+        if let Ok(mut g) = self.state.tamper.lock() {
+            *g = Some(t);
+        }
     }
 
     /// The `[[auth.issuers]]` entry for this provider (keys found by discovery).
@@ -336,7 +354,7 @@ impl DevIdp {
             return oauth_error("invalid_grant");
         }
         let now = crate::clock::now_unix();
-        let id_token = self.state.signer.token_with(serde_json::json!({
+        let mut claims = serde_json::json!({
             "aud": DEV_CLIENT_ID,
             "sub": p.user,
             "preferred_username": p.user,
@@ -345,7 +363,21 @@ impl DevIdp {
             "iat": now,
             "nbf": now,
             "exp": now + 300,
-        }));
+        });
+        let tamper = self.state.tamper.lock().ok().and_then(|mut t| t.take());
+        let mut foreign = None;
+        if let Some(t) = tamper {
+            if let (Some(base), serde_json::Value::Object(more)) =
+                (claims.as_object_mut(), t.claims)
+            {
+                base.extend(more);
+            }
+            if t.foreign_key {
+                foreign = DevIssuer::new(&self.issuer).ok();
+            }
+        }
+        let signer = foreign.as_ref().unwrap_or(&self.state.signer);
+        let id_token = signer.token_with(claims);
         json(
             StatusCode::OK,
             serde_json::json!({

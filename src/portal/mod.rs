@@ -202,7 +202,8 @@ fn secure_headers(resp: &mut Resp, https: bool) {
     set(h, "content-security-policy", CSP);
     set(h, "x-content-type-options", "nosniff");
     set(h, "x-frame-options", "DENY");
-    set(h, "referrer-policy", "no-referrer");
+    // Not `no-referrer`: with it, browsers send `Origin: null` on the portal's own forms.
+    set(h, "referrer-policy", "same-origin");
     set(h, "cross-origin-opener-policy", "same-origin");
     set(h, "cross-origin-resource-policy", "same-origin");
     set(
@@ -214,6 +215,10 @@ fn secure_headers(resp: &mut Resp, https: bool) {
     if https {
         set(h, "strict-transport-security", "max-age=31536000");
     }
+}
+
+fn encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// The fields of a query or form body; a field given twice is refused.
@@ -343,6 +348,16 @@ impl Portal {
             }
             (_, Some((name, ""))) if get => {
                 summarize(ctx, "portal", "view");
+                if signed_in.is_none() {
+                    // A bookmark or a link: sign in, then back here.
+                    let next = safe_next(&path).unwrap_or("/portal/");
+                    let href = format!("/portal/login?next={}", encode(next));
+                    return Ok(self.signin_page(
+                        Some("Sign in to see this project."),
+                        &href,
+                        StatusCode::UNAUTHORIZED,
+                    ));
+                }
                 let (s, project) = self.project_of(ctx, signed_in, name)?;
                 // Listing the tokens is charged as the JSON door's list is.
                 let caller = Caller {
@@ -376,7 +391,7 @@ impl Portal {
 
     fn home(&self, signed_in: Option<SignedIn>) -> Resp {
         let Some(s) = signed_in else {
-            return self.signin_page(None, StatusCode::OK);
+            return self.signin_page(None, "/portal/login", StatusCode::OK);
         };
         let projects = self
             .policy
@@ -395,11 +410,11 @@ impl Portal {
         html(StatusCode::OK, page.render().unwrap_or_default())
     }
 
-    fn signin_page(&self, message: Option<&str>, status: StatusCode) -> Resp {
+    fn signin_page(&self, message: Option<&str>, login_href: &str, status: StatusCode) -> Resp {
         let page = SigninPage {
             user: None,
             csrf: "",
-            login_href: "/portal/login",
+            login_href,
             message,
         };
         html(status, page.render().unwrap_or_default())
@@ -413,7 +428,7 @@ impl Portal {
         name: &str,
     ) -> Result<(SignedIn, Arc<str>)> {
         let s = signed_in.ok_or_else(|| {
-            GatewayError::SignInRefused("sign in first (your session is missing or over)".into())
+            GatewayError::SignInRefused("your session is missing or over; sign in again".into())
         })?;
         if !crate::config::is_project_name(name) || !self.policy.names(name, &s.who) {
             // The same answer for a project that does not exist and one that is not

@@ -238,8 +238,13 @@ impl Cookies {
             exp: now_unix() + self.session_lifetime.as_secs(),
             csrf: random_token(),
         };
-        let cookie = self.write(self.session_name(), &s, self.session_lifetime)?;
+        let cookie = self.seal(&s)?;
         Some((s, cookie))
+    }
+
+    /// The Set-Cookie value holding session `s` as it is (tests forge expired ones).
+    pub fn seal(&self, s: &Session) -> Option<HeaderValue> {
+        self.write(self.session_name(), s, self.session_lifetime)
     }
 
     /// Signs the session out in this process (its cookie is cleared by the caller).

@@ -15,6 +15,8 @@ use redcap_gateway::reload::Live;
 use redcap_gateway::server;
 use tokio::sync::oneshot;
 
+pub mod portal;
+
 pub struct TestGateway {
     pub env: DevEnv,
     /// Follows reloads of the dev config file (`env.config_path()`).
@@ -32,12 +34,49 @@ impl TestGateway {
 
     /// Starts with the dev config, edited by `edit` (e.g. to add limits or grants).
     pub async fn start_with(edit: impl FnOnce(String) -> String) -> TestGateway {
+        Self::start_at(|_, t| edit(t)).await
+    }
+
+    /// Starts with the dev config, edited by `edit`, which is told the address the
+    /// gateway will serve on (a portal's public URL names it).
+    pub async fn start_at(edit: impl FnOnce(SocketAddr, String) -> String) -> TestGateway {
+        let listeners = Self::listeners();
+        let addr = listeners[0].local_addr().unwrap();
+        let env = DevEnv::start("127.0.0.1:0", |t| edit(addr, t))
+            .await
+            .expect("dev env starts");
+        Self::serve(env, listeners)
+    }
+
+    /// Dev mode's gateway: the portal on, with the local sign-in service.
+    pub async fn start_portal() -> TestGateway {
+        let listeners = Self::listeners();
+        let addr = listeners[0].local_addr().unwrap();
+        let env = DevEnv::start_with_portal(&addr.to_string())
+            .await
+            .expect("dev env starts");
+        Self::serve(env, listeners)
+    }
+
+    /// Starts on sockets bound before (their address is in a config the caller wrote,
+    /// or in another service's config that had to start first).
+    pub async fn start_on(
+        listeners: Vec<std::net::TcpListener>,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestGateway {
         let env = DevEnv::start("127.0.0.1:0", edit)
             .await
             .expect("dev env starts");
-        // As `serve` binds: a socket per serving thread.
-        let workers = server::workers(&env.gateway.config.server);
-        let listeners = server::bind_serving("127.0.0.1:0".parse().unwrap(), workers).unwrap();
+        Self::serve(env, listeners)
+    }
+
+    /// As `serve` binds: a socket per serving thread.
+    pub fn listeners() -> Vec<std::net::TcpListener> {
+        let workers = server::workers(&Default::default());
+        server::bind_serving("127.0.0.1:0".parse().unwrap(), workers).unwrap()
+    }
+
+    fn serve(env: DevEnv, listeners: Vec<std::net::TcpListener>) -> TestGateway {
         let addr = listeners[0].local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let live = Live::new(env.gateway.clone(), Some(env.config_path()));
