@@ -20,6 +20,11 @@ fn example_config_parses_and_validates() {
             "an-hmac-key-of-at-least-32-characters",
         )
         .env("REDCAP_GATEWAY_AUDIT_KEY", "audit-key")
+        .env("REDCAP_GATEWAY_PORTAL_SECRET", "portal-client-secret")
+        .env(
+            "REDCAP_GATEWAY_COOKIE_KEY",
+            "a-cookie-key-of-at-least-32-random-bytes",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -41,6 +46,11 @@ fn example_config_parses_and_validates() {
             "an-hmac-key-of-at-least-32-characters",
         )
         .env("REDCAP_GATEWAY_AUDIT_KEY", "audit-key")
+        .env("REDCAP_GATEWAY_PORTAL_SECRET", "portal-client-secret")
+        .env(
+            "REDCAP_GATEWAY_COOKIE_KEY",
+            "a-cookie-key-of-at-least-32-random-bytes",
+        )
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("REDCAP_TOKEN_COHORT"));
@@ -83,6 +93,13 @@ fn example_config_parses_and_validates() {
         "groups",
         "users",
         "allow",
+        "public_url",
+        "client_id",
+        "client_secret",
+        "cookie_key",
+        "scopes",
+        "session_lifetime",
+        "login_timeout",
     ] {
         assert!(
             text.contains(&format!("{key} =")),
@@ -128,6 +145,80 @@ allow = ["records:export"]
         err.contains("REDCAP_GATEWAY_TEST_UNSET_VAR") && err.contains("projects.b.token"),
         "{err}"
     );
+}
+
+/// The portal's mistakes an operator can make, each named by check-config.
+#[test]
+fn check_config_explains_portal_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short-key");
+    std::fs::write(&short, "too-short").unwrap();
+    let cfg = dir.path().join("portal.toml");
+    let write = |portal: &str, self_service: bool| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[upstream]\nurl = \"http://127.0.0.1:1\"\n\n[[auth.issuers]]\nissuer = \"https://sso.example.edu\"\n\
+                 discovery = true\naudiences = [\"gw\"]\n\n[personal_tokens]\nfile = \"{}\"\nkey = \"{}\"\n\
+                 self_service = {self_service}\n\n[portal]\n{portal}\n",
+                dir.path().join("t.json").display(),
+                "k".repeat(32)
+            ),
+        )
+        .unwrap();
+        let out = bin()
+            .args(["check-config", cfg.to_str().unwrap()])
+            .env_remove("REDCAP_GATEWAY_TEST_NO_SECRET")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = write(
+        &format!(
+            "public_url = \"http://gateway.example.edu\"\nissuer = \"https://other.example.edu\"\n\
+             client_id = \"portal\"\nclient_secret = \"env:REDCAP_GATEWAY_TEST_NO_SECRET\"\n\
+             cookie_key = \"file:{}\"\nscopes = [\"profile\"]\nsession_lifetime = \"30d\"\n",
+            short.display()
+        ),
+        false,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    for needle in [
+        "portal.public_url must be https outside loopback",
+        "portal.issuer \"https://other.example.edu\" must be one of auth.issuers",
+        "portal.client_secret: environment variable REDCAP_GATEWAY_TEST_NO_SECRET is not set",
+        "portal.cookie_key must be at least 32 bytes",
+        "portal.scopes must include \"openid\"",
+        "portal.session_lifetime must be between 5m and 24h",
+        "self_service = true",
+    ] {
+        assert!(err.contains(needle), "{needle} not in {err}");
+    }
+    assert!(!err.contains("too-short"), "a secret was quoted: {err}");
+    let key = dir.path().join("key");
+    std::fs::write(&key, "a-cookie-key-of-at-least-32-random-bytes").unwrap();
+    let (code, err) = write(
+        &format!(
+            "public_url = \"https://gateway.example.edu/\"\nissuer = \"https://sso.example.edu\"\n\
+             client_id = \"portal\"\ncookie_key = \"file:{}\"\n",
+            key.display()
+        ),
+        true,
+    );
+    assert_eq!(code, Some(0), "a public client on https is fine: {err}");
+    let (code, err) = write(
+        &format!(
+            "public_url = \"https://gateway.example.edu/portal\"\nissuer = \"https://sso.example.edu\"\n\
+             client_id = \"portal\"\ncookie_key = \"file:{}\"\n",
+            key.display()
+        ),
+        true,
+    );
+    assert_eq!(code, Some(2));
+    assert!(err.contains("must be an origin"), "{err}");
 }
 
 #[test]

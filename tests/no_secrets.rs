@@ -134,6 +134,111 @@ async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
         redcap_gateway::fake_redcap::FakeProject::demo(9, "x"),
     );
     drop(gw);
+
+    // The portal: a sign-in, a token issued, used and revoked, sign-out, and refused
+    // sign-ins and sessions. Only the page that issues the token may show it.
+    let gw = TestGateway::start_portal().await;
+    let base = format!("http://{}", gw.addr);
+    let portal = gw.env.gateway.config.portal.clone().unwrap();
+    let cookie_key = redcap_gateway::secret::read_ref(&portal.cookie_key).unwrap();
+    let client_secret =
+        redcap_gateway::secret::read_ref(portal.client_secret.as_deref().unwrap()).unwrap();
+    let mut b = common::portal::Browser::new(&base);
+    let callback = b.until_callback(&base, "dev-user").await;
+    let code_of = |u: &str, k: &str| {
+        url::Url::parse(u)
+            .unwrap()
+            .query_pairs()
+            .find(|(n, _)| n == k)
+            .unwrap()
+            .1
+            .into_owned()
+    };
+    let (code, state) = (code_of(&callback, "code"), code_of(&callback, "state"));
+    let r = b.get(&callback).await;
+    assert_eq!(r.status, 303);
+    let page = b.get(&format!("{base}/portal/p/demo")).await;
+    let csrf = common::portal::Browser::csrf(&page);
+    let cookies = redcap_gateway::portal::session::Cookies::new(
+        &cookie_key,
+        false,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(60),
+    );
+    let mut sent = http::HeaderMap::new();
+    sent.insert(
+        "cookie",
+        format!("rgw-session={}", b.cookies["rgw-session"])
+            .parse()
+            .unwrap(),
+    );
+    let session = cookies.session(&sent).unwrap();
+    let issued = b
+        .post(
+            &format!("{base}/portal/p/demo/tokens"),
+            &format!("csrf={csrf}"),
+        )
+        .await;
+    let portal_token = common::portal::element_text(&issued.text(), "new-token").unwrap();
+    let portal_api = gw.api();
+    let with_token = |t: String| {
+        send(form(
+            Request::post(portal_api.clone()),
+            &format!("token={t}&content=record&format=json"),
+        ))
+    };
+    push(with_token(portal_token.clone()).await);
+    let listed = b.get(&format!("{base}/portal/p/demo")).await;
+    let portal_id = common::portal::fields(&listed.text(), "id")[0].clone();
+    push(listed);
+    push(
+        b.post(
+            &format!("{base}/portal/p/demo/revoke"),
+            &format!("csrf={csrf}&id={portal_id}"),
+        )
+        .await,
+    );
+    push(with_token(portal_token.clone()).await);
+    push(b.get(&callback).await);
+    push(
+        b.post(&format!("{base}/portal/p/demo/tokens"), "note=x")
+            .await,
+    );
+    let mut tampered = b.clone();
+    tampered.cookies.insert(
+        "rgw-session".into(),
+        b.cookies["rgw-session"].replace('A', "B"),
+    );
+    push(
+        tampered
+            .post(
+                &format!("{base}/portal/p/demo/tokens"),
+                &format!("csrf={csrf}"),
+            )
+            .await,
+    );
+    let mut other = common::portal::Browser::new(&base);
+    let cb = other.until_callback(&base, "dev-user").await;
+    gw.env
+        .idp
+        .as_ref()
+        .unwrap()
+        .tamper_next(redcap_gateway::dev::idp::Tamper {
+            claims: serde_json::json!({"nonce": "x"}),
+            ..Default::default()
+        });
+    push(other.get(&cb).await);
+    push(
+        b.post(&format!("{base}/portal/logout"), &format!("csrf={csrf}"))
+            .await,
+    );
+    gw.env.gateway.audit.flush().await.unwrap();
+    let portal_audit = std::fs::read_to_string(gw.env.dir.path().join("audit.log")).unwrap();
+    assert!(
+        portal_audit.contains("portalSession"),
+        "the portal's requests were audited"
+    );
+    drop(gw);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
 
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
@@ -160,9 +265,29 @@ async fn tokens_and_jwts_never_reach_logs_or_error_bodies() {
             "literal secret in a rejected config",
             "literal-secret-in-config-0123456789".to_string(),
         ),
+        ("portal-issued personal token", portal_token),
+        ("portal cookie key", cookie_key.expose().to_string()),
+        ("portal client secret", client_secret.expose().to_string()),
+        ("portal session id", session.sid.clone()),
+        ("authorization code", code),
+        ("sign-in state", state),
     ];
     for (what, s) in secrets {
         assert!(s.len() >= 32, "{what}: nothing to scan for");
         assert!(!all.contains(&s), "{what} leaked into logs or error bodies");
+        assert!(
+            !portal_audit.contains(&s),
+            "{what} leaked into the audit log"
+        );
     }
+    // The session's CSRF token is on its own pages (their forms), never in a log.
+    assert!(session.csrf.len() >= 32);
+    assert!(
+        !logs.contains(&session.csrf),
+        "the CSRF token reached a log"
+    );
+    assert!(
+        !portal_audit.contains(&session.csrf),
+        "the CSRF token reached the audit log"
+    );
 }

@@ -401,6 +401,75 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any change to a session cookie's value (a character replaced, the value cut
+        /// or lengthened) gives no session: the value is authenticated, not only
+        /// encoded.
+        #[test]
+        fn a_changed_cookie_never_opens_a_session(
+            at in 0usize..10_000,
+            with in "[A-Za-z0-9+/=]",
+            cut in 0usize..10_000,
+            tail in "[A-Za-z0-9+/=]{1,8}",
+        ) {
+            let c = cookies();
+            let (_, set) = c.open_session(&who()).unwrap();
+            let pair = set.to_str().unwrap().split(';').next().unwrap().to_string();
+            let (name, value) = pair.split_once('=').unwrap();
+            let try_value = |v: &str| {
+                let mut h = HeaderMap::new();
+                h.insert(COOKIE, HeaderValue::from_str(&format!("{name}={v}")).unwrap());
+                c.session(&h)
+            };
+            proptest::prop_assert!(try_value(value).is_ok());
+            let i = at % value.len();
+            let mut replaced = value.to_string();
+            replaced.replace_range(i..i + 1, &with);
+            if replaced != value {
+                proptest::prop_assert_eq!(try_value(&replaced), Err(CookieError::Missing));
+            }
+            let short = &value[..cut % value.len()];
+            proptest::prop_assert_eq!(try_value(short), Err(CookieError::Missing));
+            proptest::prop_assert_eq!(try_value(&format!("{value}{tail}")), Err(CookieError::Missing));
+        }
+
+        /// A session opens exactly while its own expiry (inside the sealed value) is
+        /// ahead, whatever the cookie's Max-Age says.
+        #[test]
+        fn a_session_opens_only_before_its_expiry(offset in -100_000i64..100_000) {
+            let c = cookies();
+            let (mut s, _) = c.open_session(&who()).unwrap();
+            let now = now_unix() as i64;
+            s.exp = (now + offset).max(0) as u64;
+            let set = c.seal(&s).unwrap();
+            let opened = c.session(&sent(&set));
+            if offset > 1 {
+                proptest::prop_assert!(opened.is_ok());
+            } else if offset <= 0 {
+                proptest::prop_assert_eq!(opened, Err(CookieError::Expired));
+            }
+        }
+
+        /// Whatever a return address accepted by `safe_next`, a browser resolving it
+        /// against the gateway's URL stays on the gateway, under /portal.
+        #[test]
+        fn an_accepted_return_address_stays_in_the_portal(
+            next in "(/portal)?(/|[.][.]|[.]|[a-z]|[\\\\]|%2f|:|@){0,6}",
+        ) {
+            if let Some(ok) = safe_next(&next) {
+                let base = url::Url::parse("https://gateway.example.edu/portal/p/demo").unwrap();
+                let to = base.join(ok).unwrap();
+                proptest::prop_assert_eq!(to.origin(), base.origin(), "{} left the gateway", ok);
+                proptest::prop_assert!(
+                    to.path() == "/portal" || to.path().starts_with("/portal/"),
+                    "{} resolves to {}", ok, to.path()
+                );
+            }
+        }
+    }
+
     #[test]
     fn next_stays_in_the_portal() {
         for ok in ["/portal", "/portal/", "/portal/p/demo"] {
