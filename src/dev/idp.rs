@@ -32,6 +32,18 @@ pub const DEV_USERS: &[(&str, &str, &str)] = &[
 
 pub const DEV_CLIENT_ID: &str = "redcap-gateway-dev";
 
+/// The authorization request's fields, carried from the sign-in page to its form's POST.
+pub const AUTHORIZE_FIELDS: &[&str] = &[
+    "client_id",
+    "redirect_uri",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "scope",
+    "response_type",
+];
+
 struct Pending {
     redirect_uri: String,
     nonce: String,
@@ -225,24 +237,15 @@ impl DevIdp {
         if let Err(e) = self.check_authorize(q) {
             return answer(StatusCode::BAD_REQUEST, "text/plain", e);
         }
-        let hidden: String = [
-            "client_id",
-            "redirect_uri",
-            "state",
-            "nonce",
-            "code_challenge",
-            "code_challenge_method",
-            "scope",
-            "response_type",
-        ]
-        .iter()
-        .map(|k| {
-            format!(
-                "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
-                html_escape(q.get(*k).map(String::as_str).unwrap_or(""))
-            )
-        })
-        .collect();
+        let hidden: String = AUTHORIZE_FIELDS
+            .iter()
+            .map(|k| {
+                format!(
+                    "<input type=\"hidden\" name=\"{k}\" value=\"{}\">",
+                    html_escape(q.get(*k).map(String::as_str).unwrap_or(""))
+                )
+            })
+            .collect();
         let users: String = DEV_USERS
             .iter()
             .map(|(u, g, what)| {

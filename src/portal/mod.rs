@@ -649,6 +649,26 @@ impl Portal {
         Ok(html(StatusCode::OK, page.render().unwrap_or_default()))
     }
 
+    /// A token change's form (from this site, with the CSRF token), the caller, and the
+    /// desk opened for the action (audited, rate charged).
+    async fn desk_form<'a>(
+        &self,
+        ctx: &'a Arc<RequestContext>,
+        s: &'a SignedIn,
+        project: &'a Arc<str>,
+        req: Req,
+        action: Action,
+    ) -> Result<(HashMap<String, String>, Caller<'a>)> {
+        let f = self.form(&s.session, req).await?;
+        let caller = Caller {
+            ctx: Some(ctx),
+            who: &s.who,
+            project,
+        };
+        self.desk.open(caller, action).await?;
+        Ok((f, caller))
+    }
+
     async fn issue(
         &self,
         ctx: &Arc<RequestContext>,
@@ -656,13 +676,7 @@ impl Portal {
         project: &Arc<str>,
         req: Req,
     ) -> Result<Resp> {
-        let f = self.form(&s.session, req).await?;
-        let caller = Caller {
-            ctx: Some(ctx),
-            who: &s.who,
-            project,
-        };
-        self.desk.open(caller, Action::Issue).await?;
+        let (f, caller) = self.desk_form(ctx, s, project, req, Action::Issue).await?;
         let expires = f
             .get("expires")
             .map(String::as_str)
@@ -682,13 +696,7 @@ impl Portal {
         project: &Arc<str>,
         req: Req,
     ) -> Result<Resp> {
-        let f = self.form(&s.session, req).await?;
-        let caller = Caller {
-            ctx: Some(ctx),
-            who: &s.who,
-            project,
-        };
-        self.desk.open(caller, Action::Revoke).await?;
+        let (f, caller) = self.desk_form(ctx, s, project, req, Action::Revoke).await?;
         let id = f.get("id").map(String::as_str).unwrap_or("");
         self.desk.revoke(caller, id).await?;
         // Back to the page by GET, so a reload does not post the form again.

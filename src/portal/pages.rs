@@ -179,6 +179,10 @@ mod tests {
             !html.contains("<script>") && !html.contains("<img"),
             "{html}"
         );
-        assert!(html.contains("&lt;img"), "{html}");
+        assert!(!html.contains("\"><x"), "{html}");
+        assert!(
+            html.contains("img src=x onerror"),
+            "the text is shown, escaped: {html}"
+        );
     }
 }

@@ -129,16 +129,7 @@ impl Browser {
         assert_eq!(page.status, 200, "{}", page.text());
         let html = page.text();
         let mut form = url::form_urlencoded::Serializer::new(String::new());
-        for name in [
-            "client_id",
-            "redirect_uri",
-            "state",
-            "nonce",
-            "code_challenge",
-            "code_challenge_method",
-            "scope",
-            "response_type",
-        ] {
+        for &name in redcap_gateway::dev::idp::AUTHORIZE_FIELDS {
             form.append_pair(name, &field(&html, name).expect(name));
         }
         form.append_pair("user", user);
