@@ -12,6 +12,7 @@
 //! Unscoped callers pass untouched.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -310,14 +311,38 @@ impl<S: Handler> Handler for ScopeDags<S> {
     }
 }
 
-/// REDCap's answer through the filter.
+/// REDCap's answer through the filter. Once the answer is known to carry DAGs, large
+/// stretches of it are filtered on a blocking thread while the connection's thread goes on
+/// reading REDCap and writing to the caller (one stretch in flight: bounded memory); small
+/// ones, as a slow REDCap sends them, are filtered in place.
 struct Scoped {
     inner: Body,
-    filter: DagFilter,
+    /// None while a stretch is being filtered on a blocking thread.
+    filter: Option<Box<DagFilter>>,
+    job: Option<tokio::task::JoinHandle<Filtered>>,
+    /// The end of REDCap's answer has gone to the filter (in the job in flight, if any).
+    finished: bool,
+    /// REDCap's answer gathered for the next stretch, and its size.
+    next: Vec<Bytes>,
+    gathered: usize,
     ready: Option<Bytes>,
+    /// REDCap's answer has ended (what is left is the job in flight, if any).
+    ended: bool,
     done: bool,
     ctx: Option<Arc<RequestContext>>,
 }
+
+/// What filtering a stretch gave: the filter back, its output, and whether it failed.
+type Filtered = (
+    Box<DagFilter>,
+    Vec<u8>,
+    std::result::Result<(), FilterError>,
+);
+
+/// A stretch at least this large goes to a blocking thread.
+const OFFLOAD: usize = 64 << 10;
+/// At most this much of REDCap's answer is gathered into one stretch.
+const STRETCH: usize = 512 << 10;
 
 impl Scoped {
     /// Reads REDCap's answer until the filter knows it carries DAGs (or it ends), so a
@@ -330,18 +355,26 @@ impl Scoped {
         use http_body_util::BodyExt;
         let mut s = Scoped {
             inner,
-            filter,
+            filter: Some(Box::new(filter)),
+            job: None,
+            finished: false,
+            next: Vec::new(),
+            gathered: 0,
             ready: None,
+            ended: false,
             done: false,
             ctx,
         };
         let mut out = Vec::new();
-        while !s.filter.decided() {
+        while !s.decided() {
             let frame =
                 s.inner.frame().await.transpose().map_err(|e| {
                     FilterError::Unreadable(format!("REDCap's answer broke off: {e}"))
                 })?;
-            s.take(frame, &mut out)?;
+            let data = s.data(frame);
+            let filter = s.filter.as_deref_mut().ok_or_else(Scoped::lost)?;
+            filter_stretch(filter, &data, s.ended, &mut out)?;
+            s.finished = s.ended;
         }
         if !out.is_empty() {
             s.ready = Some(out.into());
@@ -349,33 +382,99 @@ impl Scoped {
         Ok(s)
     }
 
-    /// Feeds one frame of REDCap's answer (`None`: its end) to the filter.
-    fn take(
-        &mut self,
-        frame: Option<Frame<Bytes>>,
-        out: &mut Vec<u8>,
-    ) -> std::result::Result<(), FilterError> {
+    fn decided(&self) -> bool {
+        self.filter.as_deref().is_some_and(DagFilter::decided)
+    }
+
+    fn lost() -> FilterError {
+        FilterError::Unreadable("the filter was lost".into())
+    }
+
+    /// The data of one frame of REDCap's answer (`None`: its end, noted).
+    fn data(&mut self, frame: Option<Frame<Bytes>>) -> Vec<Bytes> {
         match frame {
-            Some(frame) => match frame.into_data() {
-                Ok(data) => self.filter.feed(&data, out),
-                // Trailers: nothing to filter.
-                Err(_) => Ok(()),
-            },
+            // Trailers: nothing to filter.
+            Some(frame) => frame.into_data().map(|d| vec![d]).unwrap_or_default(),
             None => {
-                self.done = true;
-                let r = self.filter.finish(out);
-                self.record();
-                r
+                self.ended = true;
+                Vec::new()
             }
         }
     }
 
     fn record(&self) {
-        if let Some(a) = self.ctx.as_ref().and_then(|c| c.dag_scope.get()) {
-            a.rows_dropped
-                .store(self.filter.counts().1, Ordering::Relaxed);
+        if let (Some(a), Some(f)) = (
+            self.ctx.as_ref().and_then(|c| c.dag_scope.get()),
+            self.filter.as_deref(),
+        ) {
+            a.rows_dropped.store(f.counts().1, Ordering::Relaxed);
         }
     }
+
+    /// Starts filtering what has been gathered (and the end, if it has come): on a
+    /// blocking thread for a large stretch, else in place (only while no output waits, so
+    /// outputs keep their order). Returns whether it started.
+    fn dispatch(&mut self) -> std::result::Result<bool, FilterError> {
+        let large = self.gathered >= OFFLOAD;
+        if self.job.is_some()
+            || self.finished
+            || (self.next.is_empty() && !self.ended)
+            || (!large && self.ready.is_some())
+        {
+            return Ok(false);
+        }
+        let mut filter = self.filter.take().ok_or_else(Scoped::lost)?;
+        let stretch = std::mem::take(&mut self.next);
+        let size = std::mem::take(&mut self.gathered);
+        // The end goes with the last stretch.
+        let end = self.ended;
+        self.finished = end;
+        if large {
+            self.job = Some(tokio::task::spawn_blocking(move || {
+                let mut out = Vec::with_capacity(size);
+                let result = filter_stretch(&mut filter, &stretch, end, &mut out);
+                (filter, out, result)
+            }));
+            return Ok(true);
+        }
+        let mut out = Vec::with_capacity(size);
+        let result = filter_stretch(&mut filter, &stretch, end, &mut out);
+        self.filter = Some(filter);
+        result?;
+        self.stash(out);
+        Ok(true)
+    }
+
+    fn stash(&mut self, out: Vec<u8>) {
+        if !out.is_empty() {
+            self.ready = Some(out.into());
+        }
+    }
+
+    /// Cut off: the caller's transfer ends in an error, never with rows the filter could
+    /// not read.
+    fn cut(&mut self, e: FilterError) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+        self.done = true;
+        self.record();
+        tracing::warn!(error = %e, "DAG-scoped export cut off");
+        Poll::Ready(Some(Err(Box::new(e))))
+    }
+}
+
+/// Feeds a stretch of REDCap's answer to the filter (and the end, if it has come).
+fn filter_stretch(
+    filter: &mut DagFilter,
+    stretch: &[Bytes],
+    end: bool,
+    out: &mut Vec<u8>,
+) -> std::result::Result<(), FilterError> {
+    for data in stretch {
+        filter.feed(data, out)?;
+    }
+    if end {
+        filter.finish(out)?;
+    }
+    Ok(())
 }
 
 impl http_body::Body for Scoped {
@@ -386,39 +485,137 @@ impl http_body::Body for Scoped {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+        if let Some(b) = self.ready.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
         loop {
-            if let Some(b) = self.ready.take() {
-                return Poll::Ready(Some(Ok(Frame::data(b))));
-            }
             if self.done {
                 return Poll::Ready(None);
             }
-            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(f) => f,
-            };
-            let mut out = Vec::with_capacity(
-                frame
-                    .as_ref()
-                    .and_then(|f| f.as_ref().ok())
-                    .and_then(|f| f.data_ref())
-                    .map_or(0, |d| d.len()),
-            );
-            let frame = match frame.transpose() {
-                Ok(f) => f,
-                Err(e) => return Poll::Ready(Some(Err(e))),
-            };
-            if let Err(e) = self.take(frame, &mut out) {
-                // Cut off: the caller's transfer ends in an error, never with rows the
-                // filter could not read.
+            // Gather what REDCap has sent, up to a stretch (also while a job runs).
+            while !self.ended && self.gathered < STRETCH {
+                let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(f) => f,
+                };
+                let frame = match frame.transpose() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.done = true;
+                        self.record();
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                };
+                for d in self.data(frame) {
+                    self.gathered += d.len();
+                    self.next.push(d);
+                }
+            }
+            let mut progressed = false;
+            if let Some(job) = self.job.as_mut() {
+                if let Poll::Ready(joined) = Pin::new(job).poll(cx) {
+                    self.job = None;
+                    let Ok((filter, out, result)) = joined else {
+                        return self.cut(Scoped::lost());
+                    };
+                    self.filter = Some(filter);
+                    if let Err(e) = result {
+                        return self.cut(e);
+                    }
+                    self.stash(out);
+                    progressed = true;
+                }
+            }
+            // The next stretch starts before this output is written, so the filter's
+            // thread and the connection's overlap.
+            match self.dispatch() {
+                Ok(started) => progressed |= started,
+                Err(e) => return self.cut(e),
+            }
+            if let Some(b) = self.ready.take() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if self.finished && self.job.is_none() {
                 self.done = true;
                 self.record();
-                tracing::warn!(error = %e, "DAG-scoped export cut off");
-                return Poll::Ready(Some(Err(Box::new(e))));
+                return Poll::Ready(None);
             }
-            if !out.is_empty() {
-                self.ready = Some(out.into());
+            if !progressed {
+                // Woken by REDCap's next bytes or the job's end.
+                return Poll::Pending;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A CSV answer of `n` rows, every fourth in site_b, cut into `chunk`-byte frames.
+    fn answer(n: usize, chunk: usize, tail: &[u8]) -> (Body, Vec<u8>) {
+        let mut all = b"record_id,redcap_data_access_group,age\n".to_vec();
+        let mut kept = b"record_id,age\n".to_vec();
+        for i in 0..n {
+            let dag = if i % 4 == 3 { "site_b" } else { "site_a" };
+            all.extend_from_slice(format!("{i},{dag},{}\n", i % 90).as_bytes());
+            if dag == "site_a" {
+                kept.extend_from_slice(format!("{i},{}\n", i % 90).as_bytes());
+            }
+        }
+        all.extend_from_slice(tail);
+        let frames: Vec<std::result::Result<Frame<Bytes>, BoxError>> = all
+            .chunks(chunk)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        (
+            Body::new(StreamBody::new(futures_util::stream::iter(frames))),
+            kept,
+        )
+    }
+
+    async fn scoped(body: Body) -> Scoped {
+        let allowed = Arc::new(BTreeSet::from(["site_a".to_string()]));
+        let filter = DagFilter::new(Format::Csv(b','), false, allowed, false);
+        match Scoped::prime(body, filter, None).await {
+            Ok(s) => s,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Small frames are filtered in place, large stretches on a blocking thread: the
+    /// caller gets exactly site_a's rows either way, in order.
+    #[tokio::test]
+    async fn stretches_filtered_in_place_and_offloaded_give_the_same_rows() {
+        for (rows, chunk) in [(50, 7), (200_000, 1 << 20), (200_000, 4096), (3000, 100)] {
+            let (body, kept) = answer(rows, chunk, b"");
+            let out = scoped(body).await.collect().await.unwrap().to_bytes();
+            assert!(out == kept[..], "{rows} rows in {chunk}-byte frames");
+        }
+    }
+
+    /// An answer that turns unreadable deep into a large export (an offloaded stretch) ends
+    /// the caller's transfer with an error after the rows before it, never cleanly.
+    #[tokio::test]
+    async fn an_unreadable_stretch_cuts_the_transfer_off() {
+        for chunk in [1 << 20, 4096] {
+            let (body, kept) = answer(200_000, chunk, b"\"unclosed,site_a,1\n");
+            let mut s = scoped(body).await;
+            let mut got = Vec::new();
+            let err = loop {
+                match s.frame().await {
+                    Some(Ok(f)) => got.extend_from_slice(f.data_ref().unwrap()),
+                    Some(Err(e)) => break e,
+                    None => panic!("a clean end after an unreadable answer"),
+                }
+            };
+            assert!(err.to_string().contains("CSV"), "{err}");
+            assert!(
+                kept.starts_with(&got),
+                "only whole rows of site_a before the cut"
+            );
+            assert!(s.frame().await.is_none(), "nothing after the error");
         }
     }
 }
