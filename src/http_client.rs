@@ -13,6 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::body::{collect_limited, empty, Body};
+use crate::config::UpstreamConfig;
 
 pub type HttpClient = ClientHandle;
 
@@ -28,6 +29,18 @@ pub struct ClientOptions<'a> {
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+}
+
+impl<'a> ClientOptions<'a> {
+    /// The options `[upstream]` sets (used for REDCap and the IdPs alike).
+    pub fn of(up: &'a UpstreamConfig) -> ClientOptions<'a> {
+        ClientOptions {
+            ca_file: up.ca_file.as_deref(),
+            connect_timeout: up.connect_timeout.0,
+            pool_idle_timeout: up.pool_idle_timeout.0,
+            pool_max_idle_per_host: up.pool_max_idle_per_host,
+        }
+    }
 }
 
 /// rustls with the system's roots plus the configured CA file.

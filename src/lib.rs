@@ -12,7 +12,7 @@ pub mod desk;
 pub mod dev;
 pub mod error;
 pub mod fake_redcap;
-pub mod forward;
+pub mod gateway;
 pub mod http_client;
 pub mod layers;
 pub mod linger;

@@ -131,7 +131,8 @@ fn policy_command(cmd: PolicyCommand) -> Result<bool, String> {
         body,
         metadata,
     } = cmd;
-    let c = Config::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+    let c = redcap_gateway::gateway::load_config(&config)
+        .map_err(|e| format!("{}: {e}", config.display()))?;
     let p = c
         .projects
         .get(&project)
@@ -291,7 +292,8 @@ fn verify_audit(file: &std::path::Path, key_env: Option<&str>) -> ExitCode {
 fn token_command(cmd: TokenCommand) -> Result<(), String> {
     use redcap_gateway::auth::personal;
     let load = |path: &PathBuf| -> Result<Config, String> {
-        let c = Config::load(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let c = redcap_gateway::gateway::load_config(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         if c.personal_tokens.is_none() {
             return Err(format!(
                 "{}: has no [personal_tokens] section",
@@ -461,10 +463,10 @@ fn main() -> ExitCode {
             Command::Token { .. } | Command::Policy { .. } | Command::VerifyAudit { .. } => {
                 ExitCode::SUCCESS
             }
-            Command::CheckConfig { file } => match Config::load(&file) {
+            Command::CheckConfig { file } => match redcap_gateway::gateway::load_config(&file) {
                 // Everything but network reachability: keys and REDCap are not contacted.
                 Ok(c) => match redcap_gateway::http_client::ClientHandle::new(
-                    &c.upstream.client_options(),
+                    &redcap_gateway::http_client::ClientOptions::of(&c.upstream),
                 ) {
                     Ok(_) => {
                         println!(
@@ -487,7 +489,7 @@ fn main() -> ExitCode {
                 }
             },
             Command::Serve { config } => {
-                let c = match Config::load(&config) {
+                let c = match redcap_gateway::gateway::load_config(&config) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("{}: invalid config:", config.display());

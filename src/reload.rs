@@ -3,7 +3,7 @@
 //! check is rejected, with every problem logged, and the running one keeps serving. An
 //! accepted one takes over request by request: each serving thread rebuilds its stack
 //! when it sees a new generation, and requests already in flight finish on the stack
-//! they started on. What a running gateway cannot change (`server::RESTART_ONLY`) keeps
+//! they started on. What a running gateway cannot change (`gateway::RESTART_ONLY`) keeps
 //! its running value, and the log says a restart is needed for it.
 
 use std::path::PathBuf;
@@ -14,8 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
-use crate::server::Gateway;
+use crate::gateway::Gateway;
 
 /// The gateway currently serving, and where its config came from.
 pub struct Live {
@@ -88,12 +87,13 @@ impl Live {
         let result = async {
             let text = read.map_err(|e| vec![format!("{}: {e}", path.display())])?;
             let text = String::from_utf8(text).map_err(|_| vec!["not UTF-8".to_string()])?;
-            let config = Config::from_toml(&text, &|k| std::env::var(k).ok()).map_err(|e| {
-                e.to_string()
-                    .lines()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })?;
+            let config = crate::gateway::config_from_toml(&text, &|k| std::env::var(k).ok())
+                .map_err(|e| {
+                    e.to_string()
+                        .lines()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })?;
             old.reconfigured(config).await
         }
         .await;

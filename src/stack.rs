@@ -6,13 +6,14 @@
 
 use tower::ServiceBuilder;
 
-use crate::forward::Forward;
+use crate::gateway::Gateway;
 use crate::layers::access_log::AccessLogLayer;
 use crate::layers::audit_intent::AuditIntent;
 use crate::layers::authenticate::Authenticate;
 use crate::layers::credential::ResolveCredential;
 use crate::layers::dag_scope::DagScopeLayer;
 use crate::layers::export_rights::ExportRightsLayer;
+use crate::layers::forward::Forward;
 use crate::layers::limits::LimitsLayer;
 use crate::layers::observe::ObserveLayer;
 use crate::layers::parse::Parse;
@@ -25,7 +26,6 @@ use crate::layers::self_service::SelfServiceLayer;
 use crate::layers::step::{Handler, Pipeline, PipelineLayer};
 use crate::layers::vault::Inject;
 use crate::portal::PortalLayer;
-use crate::server::Gateway;
 
 /// `upstream` is the serving thread's own pool (`g.upstream.pool()`), so a request's
 /// connection tasks stay on its thread.

@@ -14,10 +14,10 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 use crate::auth::jwt::{Issuer, JwksSource};
-use crate::config::{Config, IssuerConfig};
+use crate::config::IssuerConfig;
 use crate::fake_redcap::{FakeProject, FakeRedcap};
+use crate::gateway::Gateway;
 use crate::secret::Secret;
-use crate::server::Gateway;
 
 pub const DEV_ISSUER: &str = "https://dev-issuer.redcap-gateway.invalid";
 pub const DEV_AUDIENCE: &str = "redcap-gateway";
@@ -271,8 +271,8 @@ impl DevEnv {
             &token_file.display().to_string(),
             &audit_file.display().to_string(),
         ));
-        let config =
-            Config::from_toml(&text, &|k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+        let config = crate::gateway::config_from_toml(&text, &|k| std::env::var(k).ok())
+            .map_err(|e| e.to_string())?;
         // On disk too, so dev mode reloads it when edited, as `serve` does.
         std::fs::write(dir.path().join(CONFIG_FILE), &text).map_err(|e| e.to_string())?;
         let issuer = DevIssuer::new(DEV_ISSUER)?;

@@ -6,6 +6,7 @@ pub mod authenticate;
 pub mod credential;
 pub mod dag_scope;
 pub mod export_rights;
+pub mod forward;
 pub mod limits;
 pub mod observe;
 pub mod parse;

@@ -249,7 +249,7 @@ impl Step for Inject {
             .get::<crate::context::PeerAddr>()
             .map(|p| p.1.clone());
         let headers = req.headers_mut();
-        crate::forward::remove_headers(headers, is_stripped_header);
+        super::forward::remove_headers(headers, is_stripped_header);
         headers.insert(CONTENT_TYPE, content_type);
         if let Some(len) = len {
             headers.insert(CONTENT_LENGTH, HeaderValue::from(len));

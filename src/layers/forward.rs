@@ -9,10 +9,10 @@ use std::time::Duration;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST};
 use http::{Request, Uri};
 
+use super::step::Handler;
+use super::{Req, Resp, Result};
 use crate::body::boxed;
 use crate::error::GatewayError;
-use crate::layers::step::Handler;
-use crate::layers::{Req, Resp, Result};
 use crate::upstream::Upstream;
 
 /// Hop-by-hop headers (RFC 9110 7.6.1, and the old `keep-alive`/`proxy-connection`).

@@ -1,0 +1,68 @@
+"""The import graph of src/ between top-level modules (src/X.rs or src/X/): which module
+names which (`crate::X` anywhere in its files), and the cycles in that graph.
+Usage: modules.py SRC_DIR [--dot]   Exit 1 if a cycle exists, printing each."""
+import os
+import re
+import sys
+
+src = sys.argv[1]
+mods = {}
+for entry in sorted(os.listdir(src)):
+    path = os.path.join(src, entry)
+    if entry in ("lib.rs", "main.rs"):
+        continue
+    if entry.endswith(".rs"):
+        mods[entry[:-3]] = [path]
+    elif os.path.isdir(path):
+        mods[entry] = [os.path.join(dp, f) for dp, _, fs in os.walk(path) for f in fs if f.endswith(".rs")]
+
+def code(text):
+    # Test modules are not part of the graph: `#[cfg(test)] mod tests { ... }` to the end.
+    cut = re.search(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", text)
+    text = text[:cut.start()] if cut else text
+    return re.sub(r"//[^\n]*", "", text)
+
+edges = {m: set() for m in mods}
+for m, files in mods.items():
+    for f in files:
+        text = code(open(f).read())
+        for used in re.findall(r"\bcrate::(\w+)", text):
+            if used in mods and used != m:
+                edges[m].add(used)
+        # `use crate::{a, b::c}`
+        for group in re.findall(r"\bcrate::\{([^}]*)\}", text):
+            for used in re.findall(r"(?:^|,)\s*(\w+)", group):
+                if used in mods and used != m:
+                    edges[m].add(used)
+
+# Strongly connected components (Tarjan).
+index, low, stack, on, sccs = {}, {}, [], set(), []
+def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v); on.add(v)
+    for w in sorted(edges[v]):
+        if w not in index:
+            visit(w); low[v] = min(low[v], low[w])
+        elif w in on:
+            low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+        comp = []
+        while True:
+            w = stack.pop(); on.discard(w); comp.append(w)
+            if w == v:
+                break
+        sccs.append(sorted(comp))
+sys.setrecursionlimit(10000)
+for v in sorted(edges):
+    if v not in index:
+        visit(v)
+
+if "--dot" in sys.argv:
+    for m in sorted(edges):
+        print(f"{m}: {' '.join(sorted(edges[m]))}")
+cycles = [c for c in sccs if len(c) > 1]
+for c in cycles:
+    print("CYCLE:", " <-> ".join(c))
+    for m in c:
+        print(f"  {m} -> {', '.join(sorted(e for e in edges[m] if e in c))}")
+sys.exit(1 if cycles else 0)
