@@ -8,6 +8,17 @@ mod common;
 
 use std::process::Command;
 
+/// Runs `cmd`; its output, when it fails.
+fn succeeds(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/k8s");
 
 /// Each kustomization in deploy/k8s (base, central, sidecar), rendered by
@@ -44,16 +55,10 @@ fn manifests_validate_against_kubernetes_schemas() {
     let Some(files) = rendered(dir.path()) else {
         return;
     };
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet"])
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet"])
+            .args(files),
     );
 }
 
@@ -67,16 +72,11 @@ fn sidecars_are_native_and_embedded_configs_pass_check_config() {
         return;
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deploy/manifests.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(dir.path())
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    succeeds(
+        Command::new("python3")
+            .arg(script)
+            .arg(dir.path())
+            .args(files),
     );
     // The project tokens the manifests mount from a Secret, here a directory.
     let tokens = dir.path().join("tokens");
@@ -97,18 +97,12 @@ fn sidecars_are_native_and_embedded_configs_pass_check_config() {
             &format!("dir:{}", tokens.display()),
         );
         std::fs::write(&path, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_redcap-gateway"))
-            // The central install's audit key, from its Secret.
-            .env("REDCAP_GATEWAY_AUDIT_KEY", "k".repeat(32))
-            .arg("check-config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
+        succeeds(
+            Command::new(env!("CARGO_BIN_EXE_redcap-gateway"))
+                // The central install's audit key, from its Secret.
+                .env("REDCAP_GATEWAY_AUDIT_KEY", "k".repeat(32))
+                .arg("check-config")
+                .arg(&path),
         );
         checked += 1;
     }
@@ -150,17 +144,7 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() {
         ["check", "rules", "alerts.yml"],
         ["test", "rules", "alerts.test.yml"],
     ] {
-        let out = Command::new("promtool")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "promtool {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeds(Command::new("promtool").args(args).current_dir(dir));
     }
 }
 
@@ -173,13 +157,7 @@ async fn dashboard_and_alerts_name_only_served_metrics_and_labels() {
         return;
     }
     let gw = TestGateway::start().await;
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    tokio::spawn(redcap_gateway::server::run_admin(
-        admin,
-        gw.live.clone(),
-        std::future::pending(),
-    ));
+    let admin_addr = gw.serve_admin().await;
     // Traffic fills the request families; the families that only faults fill (a limit
     // reached, a failed JWKS fetch or reload) are touched with values the gateway uses,
     // so that their label names are served.
@@ -207,16 +185,10 @@ async fn dashboard_and_alerts_name_only_served_metrics_and_labels() {
     let metrics = dir.path().join("metrics.txt");
     std::fs::write(&metrics, r.text()).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/deploy/promql_names.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(&metrics)
-        .args(MONITORING)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    succeeds(
+        Command::new("python3")
+            .arg(script)
+            .arg(&metrics)
+            .args(MONITORING),
     );
 }

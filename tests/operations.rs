@@ -277,13 +277,7 @@ print(json.dumps(out))
 #[tokio::test]
 async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
     let gw = TestGateway::start().await;
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_addr = admin.local_addr().unwrap();
-    tokio::spawn(redcap_gateway::server::run_admin(
-        admin,
-        gw.live.clone(),
-        std::future::pending(),
-    ));
+    let admin_addr = gw.serve_admin().await;
     gw.post("content=record&format=json").await;
     gw.post("content=dag&action=switch&dag=x").await;
     send(form(Request::post(gw.api()), "content=record")).await;

@@ -100,6 +100,18 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Serves the admin endpoints (/healthz, /readyz, /metrics) on 127.0.0.1:0.
+    pub async fn serve_admin(&self) -> SocketAddr {
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = admin.local_addr().unwrap();
+        tokio::spawn(server::run_admin(
+            admin,
+            self.live.clone(),
+            std::future::pending(),
+        ));
+        addr
+    }
+
     pub fn api(&self) -> String {
         self.url("/p/demo/api/")
     }
