@@ -12,6 +12,7 @@
 //! Unscoped callers pass untouched.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +20,6 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::Frame;
-use tokio::sync::mpsc;
 use tower::Layer;
 
 use super::parse::with_post;
@@ -311,84 +311,83 @@ impl<S: Handler> Handler for ScopeDags<S> {
     }
 }
 
-/// REDCap's answer through the filter. Once the answer is known to carry DAGs, the filter
-/// runs on a blocking thread of its own: the connection's thread gathers REDCap's answer
-/// into stretches and sends them over, and writes the outputs that come back, so reading,
-/// filtering and writing overlap (a three-stage pipeline). Bounded: at most `AHEAD`
-/// stretches and `AHEAD` outputs wait in the channels, plus the one being gathered.
+/// REDCap's answer through the filter. Once the answer is known to carry DAGs, large
+/// stretches of it are filtered on a blocking thread while the connection's thread goes on
+/// reading REDCap and writing to the caller (one stretch in flight: bounded memory); small
+/// ones, as a slow REDCap sends them, are filtered in place.
 struct Scoped {
     inner: Body,
-    /// Until the pipeline starts (the priming reads), the filter itself.
+    /// None while a stretch is being filtered on a blocking thread.
     filter: Option<Box<DagFilter>>,
-    /// To the filter's thread; dropped once the end has been sent.
-    to_filter: Option<mpsc::Sender<Stretch>>,
-    from_filter: Option<mpsc::Receiver<Output>>,
+    job: Option<tokio::task::JoinHandle<Filtered>>,
+    /// The end of REDCap's answer has gone to the filter (in the job in flight, if any).
+    finished: bool,
     /// REDCap's answer gathered for the next stretch, and its size.
     next: Vec<Bytes>,
     gathered: usize,
     ready: Option<Bytes>,
-    /// REDCap's answer has ended; `finished`: and the end has gone to the filter.
+    /// REDCap's answer has ended (what is left is the job in flight, if any).
     ended: bool,
-    finished: bool,
     done: bool,
-    /// Rows kept and dropped, as the filter last counted them.
-    counts: (u64, u64),
     ctx: Option<Arc<RequestContext>>,
 }
 
-/// A stretch of REDCap's answer for the filter; `end`: the answer ends after it.
-struct Stretch {
-    data: Vec<Bytes>,
-    end: bool,
-}
+/// What filtering a stretch gave: the filter back, its output, and whether it failed.
+type Filtered = (
+    Box<DagFilter>,
+    Vec<u8>,
+    std::result::Result<(), FilterError>,
+);
 
-/// What the filter made of a stretch, and its row counts after it.
-type Output = std::result::Result<(Vec<u8>, (u64, u64)), FilterError>;
-
+/// A stretch at least this large goes to a blocking thread.
+const OFFLOAD: usize = 64 << 10;
 /// At most this much of REDCap's answer is gathered into one stretch.
 const STRETCH: usize = 512 << 10;
-/// Stretches (and outputs) waiting in each direction.
-const AHEAD: usize = 2;
 
 impl Scoped {
     /// Reads REDCap's answer until the filter knows it carries DAGs (or it ends), so a
     /// refusal can still be answered whole.
     async fn prime(
         inner: Body,
-        mut filter: DagFilter,
+        filter: DagFilter,
         ctx: Option<Arc<RequestContext>>,
     ) -> std::result::Result<Scoped, FilterError> {
         use http_body_util::BodyExt;
         let mut s = Scoped {
             inner,
-            filter: None,
-            to_filter: None,
-            from_filter: None,
+            filter: Some(Box::new(filter)),
+            job: None,
+            finished: false,
             next: Vec::new(),
             gathered: 0,
             ready: None,
             ended: false,
-            finished: false,
             done: false,
-            counts: (0, 0),
             ctx,
         };
         let mut out = Vec::new();
-        while !filter.decided() {
+        while !s.decided() {
             let frame =
                 s.inner.frame().await.transpose().map_err(|e| {
                     FilterError::Unreadable(format!("REDCap's answer broke off: {e}"))
                 })?;
             let data = s.data(frame);
-            filter_stretch(&mut filter, &data, s.ended, &mut out)?;
+            let filter = s.filter.as_deref_mut().ok_or_else(Scoped::lost)?;
+            filter_stretch(filter, &data, s.ended, &mut out)?;
             s.finished = s.ended;
         }
-        s.counts = filter.counts();
-        s.filter = Some(Box::new(filter));
         if !out.is_empty() {
             s.ready = Some(out.into());
         }
         Ok(s)
+    }
+
+    fn decided(&self) -> bool {
+        self.filter.as_deref().is_some_and(DagFilter::decided)
+    }
+
+    fn lost() -> FilterError {
+        FilterError::Unreadable("the filter was lost".into())
     }
 
     /// The data of one frame of REDCap's answer (`None`: its end, noted).
@@ -403,59 +402,52 @@ impl Scoped {
         }
     }
 
-    /// Starts the filter's thread with the filter (once, after priming).
-    fn start(&mut self) {
-        let Some(mut filter) = self.filter.take() else {
-            return;
-        };
-        let (to_filter, mut stretches) = mpsc::channel::<Stretch>(AHEAD);
-        let (outputs, from_filter) = mpsc::channel::<Output>(AHEAD);
-        tokio::task::spawn_blocking(move || {
-            // Ends when the caller goes (a channel closes) or the answer does.
-            while let Some(Stretch { data, end }) = stretches.blocking_recv() {
-                let size = data.iter().map(Bytes::len).sum();
-                let mut out = Vec::with_capacity(size);
-                let result = filter_stretch(&mut filter, &data, end, &mut out);
-                let failed = result.is_err();
-                let output = result.map(|()| (out, filter.counts()));
-                if outputs.blocking_send(output).is_err() || failed || end {
-                    return;
-                }
-            }
-        });
-        self.to_filter = Some(to_filter);
-        self.from_filter = Some(from_filter);
-    }
-
-    /// Sends what has been gathered (and the end, if it has come) to the filter, if the
-    /// channel has room. Returns whether it sent.
-    fn send(&mut self) -> bool {
-        if self.finished || (self.next.is_empty() && !self.ended) {
-            return false;
-        }
-        let Some(tx) = &self.to_filter else {
-            return false;
-        };
-        let Ok(permit) = tx.try_reserve() else {
-            // Full (room comes with the next output, which wakes this body) or closed
-            // (the filter failed: its error is in the outputs).
-            return false;
-        };
-        permit.send(Stretch {
-            data: std::mem::take(&mut self.next),
-            end: self.ended,
-        });
-        self.gathered = 0;
-        if self.ended {
-            self.finished = true;
-            self.to_filter = None;
-        }
-        true
-    }
-
     fn record(&self) {
-        if let Some(a) = self.ctx.as_ref().and_then(|c| c.dag_scope.get()) {
-            a.rows_dropped.store(self.counts.1, Ordering::Relaxed);
+        if let (Some(a), Some(f)) = (
+            self.ctx.as_ref().and_then(|c| c.dag_scope.get()),
+            self.filter.as_deref(),
+        ) {
+            a.rows_dropped.store(f.counts().1, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts filtering what has been gathered (and the end, if it has come): on a
+    /// blocking thread for a large stretch, else in place (only while no output waits, so
+    /// outputs keep their order). Returns whether it started.
+    fn dispatch(&mut self) -> std::result::Result<bool, FilterError> {
+        let large = self.gathered >= OFFLOAD;
+        if self.job.is_some()
+            || self.finished
+            || (self.next.is_empty() && !self.ended)
+            || (!large && self.ready.is_some())
+        {
+            return Ok(false);
+        }
+        let mut filter = self.filter.take().ok_or_else(Scoped::lost)?;
+        let stretch = std::mem::take(&mut self.next);
+        let size = std::mem::take(&mut self.gathered);
+        // The end goes with the last stretch.
+        let end = self.ended;
+        self.finished = end;
+        if large {
+            self.job = Some(tokio::task::spawn_blocking(move || {
+                let mut out = Vec::with_capacity(size);
+                let result = filter_stretch(&mut filter, &stretch, end, &mut out);
+                (filter, out, result)
+            }));
+            return Ok(true);
+        }
+        let mut out = Vec::with_capacity(size);
+        let result = filter_stretch(&mut filter, &stretch, end, &mut out);
+        self.filter = Some(filter);
+        result?;
+        self.stash(out);
+        Ok(true)
+    }
+
+    fn stash(&mut self, out: Vec<u8>) {
+        if !out.is_empty() {
+            self.ready = Some(out.into());
         }
     }
 
@@ -496,20 +488,11 @@ impl http_body::Body for Scoped {
         if let Some(b) = self.ready.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
-        if self.done {
-            return Poll::Ready(None);
-        }
-        if self.finished && self.from_filter.is_none() {
-            // Priming read the whole answer.
-            self.done = true;
-            self.record();
-            return Poll::Ready(None);
-        }
-        self.start();
         loop {
-            // Gather what REDCap has sent, up to a stretch, handing stretches over as
-            // the channel has room.
-            let mut progressed = false;
+            if self.done {
+                return Poll::Ready(None);
+            }
+            // Gather what REDCap has sent, up to a stretch (also while a job runs).
             while !self.ended && self.gathered < STRETCH {
                 let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
                     Poll::Pending => break,
@@ -527,32 +510,39 @@ impl http_body::Body for Scoped {
                     self.gathered += d.len();
                     self.next.push(d);
                 }
-                progressed = true;
             }
-            progressed |= self.send();
-            let Some(rx) = self.from_filter.as_mut() else {
-                return self.cut(FilterError::Unreadable("the filter was lost".into()));
-            };
-            match rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok((out, counts)))) => {
-                    self.counts = counts;
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out.into()))));
+            let mut progressed = false;
+            if let Some(job) = self.job.as_mut() {
+                if let Poll::Ready(joined) = Pin::new(job).poll(cx) {
+                    self.job = None;
+                    let Ok((filter, out, result)) = joined else {
+                        return self.cut(Scoped::lost());
+                    };
+                    self.filter = Some(filter);
+                    if let Err(e) = result {
+                        return self.cut(e);
                     }
+                    self.stash(out);
+                    progressed = true;
                 }
-                Poll::Ready(Some(Err(e))) => return self.cut(e),
-                Poll::Ready(None) => {
-                    // The filter's thread is done: after the end, the answer is; before
-                    // it, the thread was lost.
-                    if !self.finished {
-                        return self.cut(FilterError::Unreadable("the filter was lost".into()));
-                    }
-                    self.done = true;
-                    self.record();
-                    return Poll::Ready(None);
-                }
-                Poll::Pending if !progressed => return Poll::Pending,
-                Poll::Pending => {}
+            }
+            // The next stretch starts before this output is written, so the filter's
+            // thread and the connection's overlap.
+            match self.dispatch() {
+                Ok(started) => progressed |= started,
+                Err(e) => return self.cut(e),
+            }
+            if let Some(b) = self.ready.take() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if self.finished && self.job.is_none() {
+                self.done = true;
+                self.record();
+                return Poll::Ready(None);
+            }
+            if !progressed {
+                // Woken by REDCap's next bytes or the job's end.
+                return Poll::Pending;
             }
         }
     }
