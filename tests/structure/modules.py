@@ -17,10 +17,18 @@ for entry in sorted(os.listdir(src)):
         mods[entry] = [os.path.join(dp, f) for dp, _, fs in os.walk(path) for f in fs if f.endswith(".rs")]
 
 def code(text):
-    # Test modules are not part of the graph: `#[cfg(test)] mod tests { ... }` to the end.
-    cut = re.search(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", text)
-    text = text[:cut.start()] if cut else text
-    return re.sub(r"//[^\n]*", "", text)
+    """The file without comments and without its `#[cfg(test)] mod x { ... }` blocks
+    (tests are not part of the graph; what follows such a block still is)."""
+    text = re.sub(r"//[^\n]*", "", text)
+    while True:
+        m = re.search(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", text)
+        if not m:
+            return text
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        text = text[:m.start()] + text[i:]
 
 edges = {m: set() for m in mods}
 for m, files in mods.items():
