@@ -986,8 +986,15 @@ impl Json {
     fn feed(&mut self, chunk: &[u8], rows: &mut Rows, out: &mut Vec<u8>) -> Result<()> {
         self.pending.extend_from_slice(chunk);
         let mut pos = 0;
-        if self.at == JsonAt::Start && self.pending.starts_with("\u{feff}".as_bytes()) {
-            pos = 3;
+        if self.at == JsonAt::Start {
+            const BOM: &[u8] = "\u{feff}".as_bytes();
+            if self.pending.len() < BOM.len() && BOM.starts_with(&self.pending) {
+                // A byte order mark cut by the chunk's end: wait for the rest of it.
+                return Ok(());
+            }
+            if self.pending.starts_with(BOM) {
+                pos = BOM.len();
+            }
         }
         loop {
             pos = self.skip_ws(pos);
@@ -1626,6 +1633,29 @@ mod tests {
                 "{name}: {text} -> {:?}",
                 r.map(|o| String::from_utf8_lossy(&o).into_owned())
             );
+        }
+    }
+
+    /// Found by the dag_filter fuzz target: a JSON answer's byte order mark cut by a
+    /// chunk's end was refused, while the same answer whole was read.
+    #[test]
+    fn a_json_byte_order_mark_cut_anywhere() {
+        let allowed = Arc::new(BTreeSet::from(["site_a".to_string()]));
+        let body: &[u8] =
+            b"\xef\xbb\xbf[{\"record_id\":\"1\",\"redcap_data_access_group\":\"site_a\"}]";
+        let read = |step: usize| {
+            let mut f = DagFilter::new(Format::Json, false, allowed.clone(), true);
+            let mut out = Vec::new();
+            for chunk in body.chunks(step) {
+                f.feed(chunk, &mut out).ok()?;
+            }
+            f.finish(&mut out).ok()?;
+            Some(out)
+        };
+        let whole = read(body.len());
+        assert!(whole.is_some());
+        for step in 1..body.len() {
+            assert_eq!(read(step), whole, "{step}-byte chunks");
         }
     }
 
