@@ -55,6 +55,7 @@ enum Command {
         command: cli::policy::PolicyCommand,
     },
     /// Start with an embedded fake REDCap and a dev JWT issuer (the quick start).
+    #[cfg(feature = "dev")]
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
             run(Box::pin(async move { cli::run::check_config(&file) }))
         }
         Command::Serve { config } => run(Box::pin(cli::run::serve_config(config))),
+        #[cfg(feature = "dev")]
         Command::Dev { listen } => run(Box::pin(async move { cli::run::dev(&listen).await })),
     }
 }

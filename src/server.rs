@@ -1,5 +1,5 @@
 //! Serving a gateway (`gateway.rs` builds it) on bound listeners, one per serving thread,
-//! and the admin endpoints.
+//! with connections balanced over the threads (`admin.rs` serves the admin endpoints).
 //! `run` takes the listener and a shutdown future, so tests bind 127.0.0.1:0.
 
 use std::future::Future;
@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::body::{boxed, full};
+use crate::body::boxed;
 use crate::context::PeerAddr;
 use crate::layers::step::{Handler, Pipeline};
 use crate::reload::Live;
@@ -394,44 +394,6 @@ async fn serve_thread(
         }
     }
     Ok(())
-}
-
-/// The admin listener: `/healthz` (alive) and `/readyz` (tokens and keys loaded).
-pub async fn run_admin(
-    listener: TcpListener,
-    live: Arc<Live>,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
-            _ = &mut shutdown => return Ok(()),
-        };
-        let live = live.clone();
-        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let g = live.gateway();
-            async move {
-                let (status, text) = match req.uri().path() {
-                    "/metrics" => (200, g.metrics.render()),
-                    "/healthz" => (200, "ok".to_string()),
-                    "/readyz" => match g.ready() {
-                        Ok(()) => (200, "ready".to_string()),
-                        Err(e) => (503, e),
-                    },
-                    _ => (404, "not found".to_string()),
-                };
-                let mut resp = http::Response::new(full(text));
-                *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
-                Ok::<_, std::convert::Infallible>(resp)
-            }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
 }
 
 #[cfg(test)]

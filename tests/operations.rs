@@ -334,15 +334,28 @@ async fn metrics_are_valid_prometheus_text_with_bounded_labels() {
             && auth.iter().any(|s| s[1]["reason"] == "expired"),
         "{auth:?}"
     );
-    for r in ["/healthz", "/readyz"] {
-        assert_eq!(
-            send(form(Request::get(format!("http://{admin_addr}{r}")), ""))
-                .await
-                .status,
-            200,
-            "{r}"
-        );
+    assert_eq!(
+        r.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    for (path, status) in [("/healthz", 200), ("/readyz", 200), ("/nothing", 404)] {
+        let r = send(form(Request::get(format!("http://{admin_addr}{path}")), "")).await;
+        assert_eq!(r.status, status, "{path}");
+        assert_eq!(r.headers["cache-control"], "no-store", "{path}");
     }
+    // Gzipped when the scraper asks, as Prometheus does (tower-http's compression).
+    let zipped = send(form(
+        Request::get(format!("http://{admin_addr}/metrics")).header("accept-encoding", "gzip"),
+        "",
+    ))
+    .await;
+    assert_eq!(zipped.headers["content-encoding"], "gzip");
+    assert!(zipped.body.starts_with(&[0x1f, 0x8b]), "a gzip stream");
+    assert!(
+        zipped.body.len() * 3 < text.len(),
+        "{} bytes",
+        zipped.body.len()
+    );
 }
 
 #[tokio::test]

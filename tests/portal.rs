@@ -181,6 +181,50 @@ async fn sign_in_create_use_and_revoke_a_token() {
 
 /// The portal and the JSON endpoint are two doors to one desk: the per-user limit of
 /// live tokens counts both.
+/// Every portal answer carries the security headers (tower-http's set-header layers):
+/// pages, assets, redirects, error pages, refusals. No HSTS over plain http (dev mode on
+/// loopback), and never compressed (pages hold CSRF and personal tokens: BREACH).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_portal_answer_carries_the_security_headers() {
+    let gw = TestGateway::start_portal().await;
+    let base = base(&gw);
+    let mut b = Browser::new(&base);
+    for (path, status) in [
+        ("/portal/", 200),
+        ("/portal/assets/portal.css", 200),
+        ("/portal/login?next=/portal/", 303),
+        ("/portal/nothing-here", 404),
+        ("/portal/p/demo", 401),
+        ("/portal/callback?state=forged&code=x", 401),
+    ] {
+        let r = b
+            .get_with(&format!("{base}{path}"), &[("accept-encoding", "gzip")])
+            .await;
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        for (h, want) in [
+            ("content-security-policy", "default-src 'none'"),
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "same-origin"),
+            ("cross-origin-opener-policy", "same-origin"),
+            ("cross-origin-resource-policy", "same-origin"),
+            ("permissions-policy", "camera=()"),
+            ("cache-control", "no-store"),
+        ] {
+            let got = r.headers.get(h).map(|v| v.to_str().unwrap());
+            assert!(
+                got.is_some_and(|v| v.starts_with(want)),
+                "{path}: {h} is {got:?}"
+            );
+        }
+        assert!(
+            !r.headers.contains_key("strict-transport-security"),
+            "{path}"
+        );
+        assert!(!r.headers.contains_key("content-encoding"), "{path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_portal_and_the_json_endpoint_share_the_limits() {
     let gw = TestGateway::start_portal().await;

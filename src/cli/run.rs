@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use redcap_gateway::config::{Config, LogFormat};
+#[cfg(feature = "dev")]
 use redcap_gateway::dev::{self, DevEnv};
 use redcap_gateway::gateway::{load_config, Gateway};
 use redcap_gateway::http_client::{ClientHandle, ClientOptions};
 use redcap_gateway::reload::Live;
-use redcap_gateway::server;
+use redcap_gateway::{admin, server};
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -57,7 +58,7 @@ pub async fn serve(live: Arc<Live>) -> Result<(), Box<dyn std::error::Error>> {
         let l = tokio::net::TcpListener::bind(admin).await?;
         tracing::info!(addr = %admin, "admin listener (metrics, healthz, readyz)");
         let mut rx = rx.clone();
-        tokio::spawn(server::run_admin(l, live.clone(), async move {
+        tokio::spawn(admin::run(l, live.clone(), async move {
             let _ = rx.wait_for(|v| *v).await;
         }));
     }
@@ -113,6 +114,7 @@ pub async fn serve_config(config: PathBuf) -> ExitCode {
 
 /// `dev`: the embedded fake REDCap, dev issuer and sign-in service, and the banner with
 /// ready JWTs and commands.
+#[cfg(feature = "dev")]
 pub async fn dev(listen: &str) -> ExitCode {
     init_logs(LogFormat::Text);
     let env = match DevEnv::start_with_portal(listen).await {

@@ -101,13 +101,20 @@ impl Portal {
 }
 
 /// The portal's place in the stack: requests under `/portal` are its own; the rest go on.
+/// Its pages are a tower service on tower-http's layers (`pages`), built once; the
+/// request path beside it keeps the handler chain.
 pub struct PortalLayer {
-    portal: Option<Arc<Portal>>,
+    pages: Option<Pages>,
 }
+
+/// The portal's pages with their layers, boxed once (pages are not the hot path).
+type Pages = tower::util::BoxCloneSyncService<Req, Resp, std::convert::Infallible>;
 
 impl PortalLayer {
     pub fn new(portal: Option<Arc<Portal>>) -> Self {
-        PortalLayer { portal }
+        PortalLayer {
+            pages: portal.map(pages),
+        }
     }
 }
 
@@ -116,14 +123,14 @@ impl<S> Layer<S> for PortalLayer {
     fn layer(&self, next: S) -> Self::Service {
         PortalService {
             next,
-            portal: self.portal.clone(),
+            pages: self.pages.clone(),
         }
     }
 }
 
 pub struct PortalService<S> {
     next: S,
-    portal: Option<Arc<Portal>>,
+    pages: Option<Pages>,
 }
 
 fn is_portal_path(path: &str) -> bool {
@@ -131,15 +138,81 @@ fn is_portal_path(path: &str) -> bool {
 }
 
 impl<S: Handler> Handler for PortalService<S> {
-    async fn handle(&self, mut req: Req) -> Result<Resp> {
-        match &self.portal {
-            Some(portal) if is_portal_path(req.uri().path()) => {
-                let ctx = RequestContext::of(&mut req);
-                Ok(portal.serve(&ctx, req).await)
+    async fn handle(&self, req: Req) -> Result<Resp> {
+        use tower::ServiceExt;
+        match &self.pages {
+            Some(pages) if is_portal_path(req.uri().path()) => {
+                let Ok(resp) = pages.clone().oneshot(req).await;
+                Ok(resp)
             }
             _ => self.next.handle(req).await,
         }
     }
+}
+
+/// Strict CSP: only this gateway's own script and stylesheet, no frames, forms post
+/// only here.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The security headers on every portal answer, error pages and redirects included.
+const SECURITY_HEADERS: [(&str, &str); 8] = [
+    ("content-security-policy", CSP),
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    // Not `no-referrer`: with it, browsers send `Origin: null` on the portal's own forms.
+    ("referrer-policy", "same-origin"),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    (
+        "permissions-policy",
+        "camera=(), microphone=(), geolocation=()",
+    ),
+    ("cache-control", "no-store"),
+];
+
+/// The pages on tower-http's layers: a panic answers 500 (the outer layers still audit
+/// the call), and every answer carries the security headers (HSTS too, over https).
+/// Not compressed: every page carries the session's CSRF token, and a token page a new
+/// personal token, next to text the caller chose (BREACH).
+fn pages(portal: Arc<Portal>) -> Pages {
+    use tower_http::catch_panic::CatchPanicLayer;
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let https = portal.cookies.secure();
+    let header = |(name, value): (&'static str, &'static str)| {
+        SetResponseHeaderLayer::overriding(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        )
+    };
+    let [csp, nosniff, frames, referrer, opener, resource, permissions, cache] =
+        SECURITY_HEADERS.map(header);
+    let hsts = https.then(|| header(("strict-transport-security", "max-age=31536000")));
+    let service = tower::ServiceBuilder::new()
+        .map_response(|resp: http::Response<_>| resp.map(crate::body::Body::new))
+        .layer(CatchPanicLayer::custom(|_| {
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The portal failed to answer.".into(),
+            )
+        }))
+        .layer(csp)
+        .layer(nosniff)
+        .layer(frames)
+        .layer(referrer)
+        .layer(opener)
+        .layer(resource)
+        .layer(permissions)
+        .layer(cache)
+        .option_layer(hsts)
+        .service_fn(move |mut req: Req| {
+            let portal = portal.clone();
+            async move {
+                let ctx = RequestContext::of(&mut req);
+                Ok::<_, std::convert::Infallible>(portal.serve(&ctx, req).await)
+            }
+        });
+    tower::util::BoxCloneSyncService::new(service)
 }
 
 /// What the audit record says a portal request was.
@@ -186,37 +259,6 @@ fn asset(content_type: &'static str, body: &'static str) -> Resp {
     resp
 }
 
-/// Strict CSP: only this gateway's own script and stylesheet, no frames, forms post
-/// only here.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-                   connect-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
-
-fn secure_headers(resp: &mut Resp, https: bool) {
-    let h = resp.headers_mut();
-    let set = |h: &mut http::HeaderMap, name: &'static str, value: &'static str| {
-        h.insert(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        );
-    };
-    set(h, "content-security-policy", CSP);
-    set(h, "x-content-type-options", "nosniff");
-    set(h, "x-frame-options", "DENY");
-    // Not `no-referrer`: with it, browsers send `Origin: null` on the portal's own forms.
-    set(h, "referrer-policy", "same-origin");
-    set(h, "cross-origin-opener-policy", "same-origin");
-    set(h, "cross-origin-resource-policy", "same-origin");
-    set(
-        h,
-        "permissions-policy",
-        "camera=(), microphone=(), geolocation=()",
-    );
-    set(h, "cache-control", "no-store");
-    if https {
-        set(h, "strict-transport-security", "max-age=31536000");
-    }
-}
-
 fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -259,7 +301,6 @@ impl Portal {
                 self.cookies.clear(self.cookies.login_name()),
             );
         }
-        secure_headers(&mut resp, self.cookies.secure());
         resp
     }
 

@@ -1353,7 +1353,8 @@ impl Item {
     }
 }
 
-#[cfg(test)]
+// The fake REDCap's writer is these tests' reference for REDCap's formats.
+#[cfg(all(test, feature = "dev"))]
 mod tests {
     use super::*;
     use crate::fake_redcap::data::{parse_rows, write_rows, Row as DataRow};

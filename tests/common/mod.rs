@@ -104,7 +104,7 @@ impl TestGateway {
     pub async fn serve_admin(&self) -> SocketAddr {
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = admin.local_addr().unwrap();
-        tokio::spawn(server::run_admin(
+        tokio::spawn(redcap_gateway::admin::run(
             admin,
             self.live.clone(),
             std::future::pending(),

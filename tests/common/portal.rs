@@ -78,13 +78,16 @@ impl Browser {
     }
 
     pub async fn get(&mut self, url: &str) -> Reply {
-        let r = send(
-            Request::get(url)
-                .header("cookie", self.cookie_header())
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
+        self.get_with(url, &[]).await
+    }
+
+    /// A GET with more headers.
+    pub async fn get_with(&mut self, url: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut b = Request::get(url).header("cookie", self.cookie_header());
+        for (name, value) in headers {
+            b = b.header(*name, *value);
+        }
+        let r = send(b.body(Full::new(Bytes::new())).unwrap()).await;
         self.keep(&r);
         r
     }
