@@ -41,6 +41,8 @@ pub enum GatewayError {
     BodyTimeout,
     #[error("the gateway is handling too many requests; retry shortly")]
     Overloaded,
+    #[error("too many connections are open ({0}); retry in a few seconds")]
+    TooManyConnections(usize),
     #[error("the gateway is shutting down; retry shortly")]
     ShuttingDown,
     #[error("the project's REDCap token is not available")]
@@ -114,6 +116,7 @@ impl GatewayError {
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Overloaded
+            | TooManyConnections(_)
             | ShuttingDown
             | TokenUnavailable
             | MetadataUnavailable
@@ -132,6 +135,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             Overloaded
+            | TooManyConnections(_)
             | ShuttingDown
             | TokenUnavailable
             | AuditUnavailable
@@ -157,6 +161,7 @@ impl GatewayError {
             UnsupportedMediaType => "unsupported_media_type",
             BodyTimeout => "body_timeout",
             Overloaded => "overloaded",
+            TooManyConnections(_) => "too_many_connections",
             ShuttingDown => "shutting_down",
             TokenUnavailable => "token_unavailable",
             MetadataUnavailable => "metadata_unavailable",

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -216,6 +216,11 @@ impl Balance {
         )
     }
 
+    /// Connections open on all threads.
+    fn total(&self) -> i64 {
+        self.open.iter().map(|g| g.get()).sum()
+    }
+
     /// The thread that takes a connection accepted by thread `me`; counted as open there.
     fn pick(&self, me: usize) -> usize {
         let load = |i: usize| self.open[i].get();
@@ -283,11 +288,12 @@ async fn serve_thread(
         generation: AtomicU64::new(generation),
         chain: ArcSwap::new(first),
     });
+    let head_timeout = gateway.config.server.header_read_timeout.0;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(head_timeout)
         .max_buf_size(
             gateway.limits.max_header_bytes.max(8192) + crate::layers::limits::HEAD_HEADROOM,
         );
@@ -301,27 +307,45 @@ async fn serve_thread(
         bytes: gateway.limits.linger_bytes,
         count: gateway.metrics.lingering_closes.clone(),
     };
+    let max_connections = gateway.config.server.max_connections;
+    let refused = gateway.metrics.connections_refused.clone();
+    let timed_out = gateway.metrics.header_timeouts.clone();
     drop(gateway);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let me = seat.index;
     let serve = |stream: tokio::net::TcpStream, peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
         let open = OpenConnection(seat.balance.clone(), me);
+        let stream = crate::linger::LingeringStream::new(stream, linger.clone());
+        if seat.balance.total() > max_connections as i64 {
+            refused.inc();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service_fn(too_many(max_connections)))
+                .into_owned();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(head_timeout, conn).await;
+                drop(open);
+            });
+            return;
+        }
         let stacks = stacks.clone();
         let live = live.clone();
         let peer = PeerAddr::new(peer);
+        let started = Arc::new(AtomicBool::new(false));
+        let begun = started.clone();
         let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            begun.store(true, Ordering::Relaxed);
             let mut req = req.map(boxed);
             req.extensions_mut().insert(peer.clone());
             Pipeline::serve_owned(stacks.current(&live, build), req)
         });
-        let stream = crate::linger::LingeringStream::new(stream, linger.clone());
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();
         let conn = graceful.watch(conn);
+        let timed_out = timed_out.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = first_request_within(conn, &started, head_timeout, &timed_out).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(open);
@@ -394,6 +418,53 @@ async fn serve_thread(
         }
     }
     Ok(())
+}
+
+/// The answer on a connection over `server.max_connections`: 503 in REDCap's shape (in
+/// the default format: the request is not read), and the connection closed after it.
+fn too_many(
+    max: usize,
+) -> impl Fn(
+    http::Request<hyper::body::Incoming>,
+)
+    -> std::future::Ready<Result<http::Response<crate::body::Body>, std::convert::Infallible>>
+       + Clone {
+    move |_| {
+        let err = crate::error::GatewayError::TooManyConnections(max);
+        let mut resp = crate::layers::rescue::error_response(&err, Default::default());
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        std::future::ready(Ok(resp))
+    }
+}
+
+/// Serves a connection, closing it if no request has begun within `timeout`.
+/// hyper-util's auto connection reads the first bytes (HTTP/1.1 or HTTP/2's preface?)
+/// with no timer, and hyper's header timer starts only once it knows: a client that
+/// connects and sends nothing, or part of the preface, would hold its connection and task
+/// for as long as it likes. After the first request, hyper's own timer bounds each head
+/// and each idle wait between requests on HTTP/1.1.
+async fn first_request_within<E>(
+    conn: impl Future<Output = Result<(), E>>,
+    started: &AtomicBool,
+    timeout: Duration,
+    timed_out: &prometheus::IntCounter,
+) -> Result<(), E> {
+    tokio::pin!(conn);
+    tokio::select! {
+        ended = &mut conn => ended,
+        () = tokio::time::sleep(timeout) => {
+            if started.load(Ordering::Relaxed) {
+                conn.await
+            } else {
+                tracing::debug!("no request within the header read timeout: closed");
+                timed_out.inc();
+                Ok(())
+            }
+        }
+    }
 }
 
 #[cfg(test)]

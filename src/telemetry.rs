@@ -28,6 +28,10 @@ pub struct Metrics {
     pub metadata_fetched: IntGaugeVec,
     /// Connections closed with a lingering close (`linger.rs`).
     pub lingering_closes: IntCounter,
+    /// Connections answered 503 because `server.max_connections` were open.
+    pub connections_refused: IntCounter,
+    /// Connections closed because no request began within `server.header_read_timeout`.
+    pub header_timeouts: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -127,6 +131,16 @@ impl Metrics {
             "Client connections the gateway closed while the client might still be sending: read and discarded for at most limits.linger_time and limits.linger_bytes first",
         )?;
         registry.register(Box::new(lingering_closes.clone()))?;
+        let connections_refused = IntCounter::new(
+            "redcap_gateway_connections_refused_total",
+            "Client connections answered 503 and closed because server.max_connections were open",
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        let header_timeouts = IntCounter::new(
+            "redcap_gateway_header_timeouts_total",
+            "Client connections closed because no request began within server.header_read_timeout",
+        )?;
+        registry.register(Box::new(header_timeouts.clone()))?;
         registry.register(Box::new(metadata_refreshes.clone()))?;
         registry.register(Box::new(metadata_fetched.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -158,6 +172,8 @@ impl Metrics {
             metadata_refreshes,
             metadata_fetched,
             lingering_closes,
+            connections_refused,
+            header_timeouts,
         })
     }
 

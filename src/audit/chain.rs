@@ -5,6 +5,13 @@
 //! `prev` + "\n" + `<body>`, and `prev` is the previous line's hash (64 zeros first).
 //! The fields sit at fixed offsets, so verification needs no JSON re-serialization, and
 //! deleting, reordering or editing any line breaks the chain at that line.
+//!
+//! A crash (SIGKILL, power loss) can leave a line cut short at the end of the file. On
+//! its next start the gateway ends that line where it stopped, and writes a sealed
+//! notice (`"phase":"notice","event":"torn_line"`) that names its length and continues
+//! the chain from the last whole line; `verify` accepts a torn line only when such a
+//! notice follows it, and reports it. A cut last line with no notice yet (a crash
+//! before the restart, or a line being written) is reported, not a break.
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -76,6 +83,25 @@ pub fn open(line: &str) -> Option<(&str, &str, &str)> {
     (is_hex(hash) && is_hex(prev)).then_some((hash, prev, &line[BODY_AT..]))
 }
 
+/// The notice a restart writes after a torn line (a JSON object, sealed like any record).
+pub fn torn_notice(time: &str, torn_bytes: usize) -> String {
+    format!("{{\"time\":\"{time}\",\"phase\":\"notice\",\"event\":\"torn_line\",\"torn_bytes\":{torn_bytes}}}")
+}
+
+/// The length a torn-line notice names, if `body` is one.
+fn torn_bytes(body: &str) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_str(&format!("{{{body}")).ok()?;
+    if v["phase"] != "notice" || v["event"] != "torn_line" {
+        return None;
+    }
+    usize::try_from(v["torn_bytes"].as_u64()?).ok()
+}
+
+/// Whether `line` is a whole sealed line: its shape, and its hash over its content.
+pub fn is_whole(key: Option<&Secret>, line: &str) -> bool {
+    open(line).is_some_and(|(hash, prev, body)| link_hash(key, prev, body) == hash)
+}
+
 /// Where a chain breaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Break {
@@ -91,6 +117,11 @@ pub struct Verified {
     /// True when the first line continues a chain whose start was rotated away.
     pub starts_mid_chain: bool,
     pub last_hash: String,
+    /// Lines cut short by a crash, each followed by the restart's notice: (file, line).
+    pub torn: Vec<(String, usize)>,
+    /// The last file ends in a line cut short with no notice yet (a crash the gateway has
+    /// not restarted from, or a line being written): its length.
+    pub unfinished_tail: Option<usize>,
 }
 
 /// Checks files (oldest first) as one chain.
@@ -98,14 +129,42 @@ pub fn verify(files: &[(String, String)], key: Option<&Secret>) -> Result<Verifi
     let mut prev: Option<String> = None;
     let mut records = 0;
     let mut starts_mid_chain = false;
-    for (name, text) in files {
-        for (i, line) in text.split_terminator('\n').enumerate() {
+    let mut torn = Vec::new();
+    let mut unfinished_tail = None;
+    for (f, (name, text)) in files.iter().enumerate() {
+        let lines: Vec<&str> = text.split_terminator('\n').collect();
+        let cut_end = !text.is_empty() && !text.ends_with('\n');
+        // A torn line waiting for its notice: (line number, length).
+        let mut pending: Option<(usize, usize)> = None;
+        for (i, line) in lines.iter().enumerate() {
             let at = |reason: String| Break {
                 file: name.clone(),
                 line: i + 1,
                 reason,
             };
+            let whole = is_whole(key, line);
+            if !whole && pending.is_none() {
+                if i + 1 == lines.len() && cut_end && f + 1 == files.len() {
+                    unfinished_tail = Some(line.len());
+                    break;
+                }
+                if i + 1 < lines.len() {
+                    pending = Some((i + 1, line.len()));
+                    continue;
+                }
+            }
             let (hash, p, body) = open(line).ok_or_else(|| at("not a sealed audit line".into()))?;
+            if let Some((torn_line, len)) = pending.take() {
+                if torn_bytes(body) != Some(len) {
+                    let what = "not a sealed audit line (and no torn-line notice follows it)";
+                    return Err(Break {
+                        file: name.clone(),
+                        line: torn_line,
+                        reason: what.into(),
+                    });
+                }
+                torn.push((name.clone(), torn_line));
+            }
             match &prev {
                 None => starts_mid_chain = p != GENESIS,
                 Some(expected) if expected != p => {
@@ -127,6 +186,8 @@ pub fn verify(files: &[(String, String)], key: Option<&Secret>) -> Result<Verifi
         records,
         starts_mid_chain,
         last_hash: prev.unwrap_or_else(|| GENESIS.to_string()),
+        torn,
+        unfinished_tail,
     })
 }
 
@@ -174,6 +235,48 @@ mod tests {
             1,
             "wrong key"
         );
+    }
+
+    /// A line cut short by a crash verifies only with the restart's notice after it, and
+    /// is reported; without the notice (or with one naming another length) it is a break.
+    /// An unfinished last line is reported, not a break.
+    #[test]
+    fn a_torn_line_is_reported_when_a_notice_follows_it() {
+        let text = chain(4, None);
+        let lines: Vec<&str> = text.lines().collect();
+        let torn = &lines[3][..40];
+        let last_whole = open(lines[2]).unwrap().0.to_string();
+        let (notice, h) = seal(None, &last_whole, &torn_notice("t", torn.len()));
+        let (after, _) = seal(None, &h, "{\"n\":9}");
+        let restarted = format!(
+            "{}\n{}\n{}\n{torn}\n{notice}\n{after}\n",
+            lines[0], lines[1], lines[2]
+        );
+        let v = verify(&[("f".into(), restarted.clone())], None).unwrap();
+        assert_eq!((v.records, v.torn.clone()), (5, vec![("f".to_string(), 4)]));
+        assert_eq!(v.unfinished_tail, None);
+
+        let no_notice = restarted.replace(&format!("{notice}\n"), "");
+        assert_eq!(
+            verify(&[("f".into(), no_notice)], None).unwrap_err().line,
+            4
+        );
+        let (wrong, _) = seal(None, &last_whole, &torn_notice("t", torn.len() + 1));
+        let wrong_len = restarted.replace(&notice, &wrong);
+        assert_eq!(
+            verify(&[("f".into(), wrong_len)], None).unwrap_err().line,
+            4
+        );
+        // A notice cannot hide a removed whole line: the chain still breaks.
+        let hidden = format!("{}\n{torn}\n{notice}\n", lines[0]);
+        assert!(verify(&[("f".into(), hidden)], None).is_err());
+
+        let crashed = format!("{}\n{}\n{}\n{torn}", lines[0], lines[1], lines[2]);
+        let v = verify(&[("f".into(), crashed)], None).unwrap();
+        assert_eq!((v.records, v.unfinished_tail), (3, Some(40)));
+        // Only at the very end: an unfinished line in an older file is a break.
+        let older = format!("{}\n{torn}", lines[0]);
+        assert!(verify(&[("f.1".into(), older), ("f".into(), String::new())], None).is_err());
     }
 
     #[test]

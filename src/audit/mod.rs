@@ -8,7 +8,7 @@ mod line;
 pub use line::rfc3339_millis;
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -268,10 +268,48 @@ impl Sink for FileSink {
     }
 }
 
-/// The hash of the last sealed line of a file, to continue its chain after a restart.
-/// Only regular files are read, and only their last 64 KiB: a device or FIFO as the
-/// audit path (e.g. /dev/full, which reads as endless zeros) must not be read at all.
-fn last_hash(path: &Path) -> Option<String> {
+/// Where a file's chain ends, read at start-up to continue it.
+struct Tail {
+    /// The hash of the last whole line (None: no whole line in the last 64 KiB).
+    last_hash: Option<String>,
+    /// The last line is torn (a crash cut it short): its length, and whether it lacks its
+    /// line end.
+    torn: Option<(usize, bool)>,
+}
+
+/// Reads the end of a file's chain. Only regular files are read, and only their last
+/// 64 KiB: a device or FIFO as the audit path (e.g. /dev/full, which reads as endless
+/// zeros) must not be read at all.
+fn read_tail(path: &Path, key: Option<&Secret>) -> Tail {
+    let none = Tail {
+        last_hash: None,
+        torn: None,
+    };
+    let Some(tail) = file_tail(path) else {
+        return none;
+    };
+    let text = String::from_utf8_lossy(&tail);
+    let unterminated = !text.is_empty() && !text.ends_with('\n');
+    let mut lines = text.split_terminator('\n').filter(|l| !l.is_empty()).rev();
+    let Some(last) = lines.next() else {
+        return none;
+    };
+    if chain::is_whole(key, last) {
+        let hash = chain::open(last).map(|(h, _, _)| h.to_string());
+        // A whole line missing only its line end: ended, and the chain goes on from it.
+        let torn = unterminated.then_some((0, true));
+        return Tail {
+            last_hash: hash,
+            torn,
+        };
+    }
+    Tail {
+        last_hash: lines.find_map(|l| chain::open(l).map(|(h, _, _)| h.to_string())),
+        torn: Some((last.len(), unterminated)),
+    }
+}
+
+fn file_tail(path: &Path) -> Option<Vec<u8>> {
     use std::io::Read;
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
@@ -282,12 +320,48 @@ fn last_hash(path: &Path) -> Option<String> {
         .ok()?;
     let mut tail = Vec::new();
     f.take(64 * 1024).read_to_end(&mut tail).ok()?;
-    let last = BufReader::new(tail.as_slice())
-        .lines()
-        .map_while(Result::ok)
-        .filter(|l| !l.is_empty())
-        .last()?;
-    chain::open(&last).map(|(h, _, _)| h.to_string())
+    Some(tail)
+}
+
+/// Where the chain ends, for a restart: the file's own last whole line, else (a file
+/// just rotated) the newest rotated file's. Ends a torn last line and writes the notice
+/// that reports it (chain.rs), so the chain continues across the crash.
+fn continue_chain(path: &Path, key: Option<&Secret>) -> Result<String, String> {
+    let tail = read_tail(path, key);
+    let prev = tail
+        .last_hash
+        .or_else(|| read_tail(&PathBuf::from(format!("{}.1", path.display())), key).last_hash)
+        .unwrap_or_else(|| chain::GENESIS.to_string());
+    let Some((torn_bytes, unterminated)) = tail.torn else {
+        return Ok(prev);
+    };
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("audit.path {}: {e}", path.display()))?;
+    let mut text = String::new();
+    if unterminated {
+        text.push('\n');
+    }
+    if torn_bytes == 0 {
+        f.write_all(text.as_bytes())
+            .map_err(|e| format!("audit.path {}: {e}", path.display()))?;
+        return Ok(prev);
+    }
+    let now = line::rfc3339_millis(std::time::SystemTime::now());
+    let (sealed, hash) = chain::seal(key, &prev, &chain::torn_notice(&now, torn_bytes));
+    text.push_str(&sealed);
+    text.push('\n');
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(|e| format!("audit.path {}: {e}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        torn_bytes,
+        "the audit log ended with a line cut short (the gateway stopped while writing it); \
+         a notice after it continues the chain"
+    );
+    Ok(hash)
 }
 
 impl Audit {
@@ -301,7 +375,7 @@ impl Audit {
             ),
             AuditSink::File => {
                 let path = cfg.path.as_ref().ok_or("audit.path is required")?;
-                let prev = last_hash(path).unwrap_or_else(|| chain::GENESIS.to_string());
+                let prev = continue_chain(path, cfg.hmac_key.as_ref())?;
                 let sink = FileSink::open(path, cfg.max_bytes.0, cfg.keep)
                     .map_err(|e| format!("audit.path {}: {e}", path.display()))?;
                 let regular = sink.regular;
@@ -517,6 +591,78 @@ mod tests {
     /// Intents written by the asking threads and final records written by the writer
     /// thread, at once from several threads and across rotations, form one chain with
     /// every record in it.
+    /// After a crash: a torn last line is ended and reported by a sealed notice, and the
+    /// chain continues from the last whole line; a whole line missing its line end is
+    /// just ended; a file rotated just before the stop continues the rotated file's chain.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_after_a_crash_continues_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let key = Secret::new("k".repeat(32));
+        let cfg = AuditConfig {
+            sink: AuditSink::File,
+            path: Some(path.clone()),
+            hmac_key: Some(key.clone()),
+            ..AuditConfig::default()
+        };
+        let write = |n: usize| {
+            let cfg = cfg.clone();
+            async move {
+                let audit = Audit::start(&cfg).unwrap();
+                for i in 0..n {
+                    let id = i.to_string();
+                    audit.record(&Record {
+                        time: "2026-12-06T00:00:00.000Z".into(),
+                        phase: "final",
+                        request_id: &id,
+                        decision: "allow",
+                        ..Record::default()
+                    });
+                }
+                audit.flush().await.unwrap();
+            }
+        };
+        let verify = || {
+            let texts: Vec<(String, String)> = chain_files(&path)
+                .iter()
+                .map(|p| (p.display().to_string(), std::fs::read_to_string(p).unwrap()))
+                .collect();
+            chain::verify(&texts, Some(&key))
+        };
+        let append = |bytes: &str| {
+            let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+            f.write_all(bytes.as_bytes()).unwrap();
+        };
+
+        write(5).await;
+        // Killed while writing a line: 120 of its bytes reached the file.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cut = &text.lines().next().unwrap()[..120];
+        append(cut);
+        write(2).await;
+        let v = verify().unwrap();
+        assert_eq!(v.records, 5 + 1 + 2, "the notice is a record");
+        assert_eq!(v.torn, vec![(path.display().to_string(), 6)]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let notice = text.lines().nth(6).unwrap();
+        assert!(
+            notice.contains("\"event\":\"torn_line\",\"torn_bytes\":120"),
+            "{notice}"
+        );
+
+        // Killed after a whole line, before its line end.
+        std::fs::write(&path, text.strip_suffix('\n').unwrap()).unwrap();
+        write(1).await;
+        let v = verify().unwrap();
+        assert_eq!((v.records, v.torn.len()), (9, 1));
+
+        // Rotated, then stopped before writing to the new file.
+        std::fs::rename(&path, dir.path().join("audit.log.1")).unwrap();
+        write(1).await;
+        let v = verify().unwrap();
+        assert_eq!((v.records, v.starts_mid_chain), (10, false));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn inline_intents_and_queued_records_form_one_chain() {
         let dir = tempfile::tempdir().unwrap();

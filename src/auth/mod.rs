@@ -46,6 +46,9 @@ pub enum AuthError {
     BadScheme,
     #[error("the bearer token is not a well-formed JWT")]
     Malformed,
+    /// Never one of two picked: a proxy in front might have read the other.
+    #[error("more than one Authorization header: send one")]
+    Duplicate,
     #[error("the bearer token is too large")]
     TooLarge,
     #[error("the token's issuer is not trusted by this gateway")]
@@ -85,6 +88,7 @@ impl AuthError {
             AuthError::Missing => "missing",
             AuthError::BadScheme => "bad_scheme",
             AuthError::Malformed => "malformed",
+            AuthError::Duplicate => "duplicate",
             AuthError::TooLarge => "too_large",
             AuthError::UnknownIssuer => "unknown_issuer",
             AuthError::AlgorithmNotAllowed => "algorithm",

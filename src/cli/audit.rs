@@ -39,6 +39,16 @@ pub fn verify_audit(file: &std::path::Path, key_env: Option<&str>) -> ExitCode {
                     ""
                 }
             );
+            for (file, line) in &v.torn {
+                println!(
+                    "note: {file}:{line} was cut short by a crash; the notice after it continues the chain"
+                );
+            }
+            if let Some(len) = v.unfinished_tail {
+                println!(
+                    "note: the last line ({len} bytes) is unfinished: being written, or cut short by a crash the gateway has not restarted from"
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(b) => {

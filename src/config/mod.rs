@@ -47,6 +47,14 @@ pub struct ServerConfig {
     pub admin_listen: Option<SocketAddr>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
+    /// How long a client has to send a whole request head, counted from the connection's
+    /// start and, on a kept-alive connection, from the end of the last answer: slow heads
+    /// (slowloris), silent connections and idle keep-alive connections close after it.
+    pub header_read_timeout: Dur,
+    /// Client connections open at once, over all serving threads; more are answered 503
+    /// and closed. Bounds memory: an idle kept-alive connection holds about 30 KB
+    /// (hyper's read and write buffers and the connection's task).
+    pub max_connections: usize,
     /// Log format: "text" or "json".
     pub log_format: LogFormat,
     /// Serving threads, each with its own runtime and upstream connection pool, so a
@@ -60,6 +68,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: None,
             shutdown_grace: Dur(Duration::from_secs(30)),
+            header_read_timeout: Dur(Duration::from_secs(30)),
+            max_connections: 4096,
             log_format: LogFormat::Text,
             workers: None,
         }
@@ -664,6 +674,13 @@ impl Config {
             if let Err(e) = std::fs::metadata(ca) {
                 errs.push(format!("upstream.ca_file {}: {e}", ca.display()));
             }
+        }
+        let head = self.server.header_read_timeout.0;
+        if head < Duration::from_millis(100) || head > Duration::from_secs(600) {
+            errs.push("server.header_read_timeout must be between 100ms and 10m".into());
+        }
+        if !(16..=1_000_000).contains(&self.server.max_connections) {
+            errs.push("server.max_connections must be between 16 and 1000000".into());
         }
         if matches!(self.server.workers, Some(0) | Some(257..)) {
             errs.push("server.workers must be between 1 and 256".into());

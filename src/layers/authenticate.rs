@@ -55,7 +55,7 @@ fn bearer_token(headers: &http::HeaderMap) -> std::result::Result<&str, AuthErro
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err(if headers.contains_key(AUTHORIZATION) {
-            AuthError::Malformed
+            AuthError::Duplicate
         } else {
             AuthError::Missing
         });

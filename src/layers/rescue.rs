@@ -47,6 +47,7 @@ pub fn error_response(err: &GatewayError, format: ReturnFormat) -> Resp {
             h.insert(ALLOW, HeaderValue::from_static("POST"));
         }
         GatewayError::Overloaded
+        | GatewayError::TooManyConnections(_)
         | GatewayError::ShuttingDown
         | GatewayError::TokenUnavailable
         | GatewayError::AuditUnavailable
@@ -107,6 +108,7 @@ mod tests {
             (GatewayError::UnsupportedMediaType, 415),
             (GatewayError::BodyTimeout, 408),
             (GatewayError::Overloaded, 503),
+            (GatewayError::TooManyConnections(9), 503),
             (GatewayError::ShuttingDown, 503),
             (GatewayError::UpstreamUnreachable, 502),
             (GatewayError::UpstreamTimeout, 504),

@@ -1,0 +1,995 @@
+//! The black-box probe suite: the gateway's binary (`serve --config`) on loopback, in front
+//! of a raw-socket upstream that records every byte it receives, probed with raw bytes a
+//! hostile or broken client would send. Each probe says what nginx or Envoy do; the
+//! gateway must do at least as well: a clear answer in REDCap's shape (or hyper's bare
+//! status, where hyper answers before the gateway runs: see `refused_by_hyper`), never a
+//! hang, and never a second request smuggled to REDCap.
+//!
+//! Bounded in time: every read has a deadline, and timeouts are configured short.
+//! `PROBE_GATEWAY_BIN=target/dist/redcap-gateway cargo test --test probes` probes the
+//! build that ships.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redcap_gateway::dev::DevIssuer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the recording upstream answers each complete request with.
+const UPSTREAM_ANSWER: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 19\r\n\r\n[{\"record_id\":\"1\"}]";
+
+/// The project token in the vault: every request REDCap sees must carry it.
+const VAULT_TOKEN: &str = "0123456789ABCDEF0123456789ABCDEF";
+
+/// A raw-socket REDCap: records every byte per connection and answers each complete
+/// request (by Content-Length or chunked framing) with `UPSTREAM_ANSWER`.
+#[derive(Clone, Default)]
+struct Recorder {
+    conns: Arc<Mutex<Vec<Received>>>,
+}
+
+/// The bytes one upstream connection received.
+type Received = Arc<Mutex<Vec<u8>>>;
+
+impl Recorder {
+    async fn start() -> (SocketAddr, Recorder) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rec = Recorder::default();
+        let r = rec.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let seen = Arc::new(Mutex::new(Vec::new()));
+                r.conns.lock().unwrap().push(seen.clone());
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                        pending.extend_from_slice(&buf[..n]);
+                        while let Some(len) = request_len(&pending) {
+                            pending.drain(..len);
+                            if s.write_all(UPSTREAM_ANSWER).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rec)
+    }
+
+    /// Every request REDCap received, as (head, body).
+    fn requests(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for conn in self.conns.lock().unwrap().iter() {
+            let mut bytes = conn.lock().unwrap().clone();
+            while let Some(len) = request_len(&bytes) {
+                let head_end = find(&bytes, b"\r\n\r\n").unwrap() + 4;
+                let head = String::from_utf8_lossy(&bytes[..head_end]).into_owned();
+                out.push((head, bytes[head_end..len].to_vec()));
+                bytes.drain(..len);
+            }
+            assert!(
+                bytes.is_empty(),
+                "REDCap received bytes that are not a whole request: {:?}",
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        out
+    }
+
+    /// REDCap saw exactly `n` requests, each the gateway's own: `POST /api/` with the
+    /// vault's token, and nothing a probe tried to smuggle.
+    fn saw_only_gateway_requests(&self, n: usize, probe: &str) {
+        let reqs = self.requests();
+        for (head, body) in &reqs {
+            let body = String::from_utf8_lossy(body);
+            assert!(
+                head.starts_with("POST /api/ HTTP/1.1\r\n"),
+                "{probe}: {head}"
+            );
+            assert!(
+                body.contains(&format!("token={VAULT_TOKEN}")),
+                "{probe}: {body}"
+            );
+            for text in [head.as_str(), &body] {
+                assert!(!text.contains("SMUGGLED"), "{probe}: smuggled: {text}");
+            }
+        }
+        assert_eq!(reqs.len(), n, "{probe}: {reqs:?}");
+    }
+
+    /// Forgets what was received (the gateway's pooled connections stay open).
+    fn clear(&self) {
+        for conn in self.conns.lock().unwrap().iter() {
+            conn.lock().unwrap().clear();
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The length of the first complete request in `bytes` (Content-Length or chunked).
+fn request_len(bytes: &[u8]) -> Option<usize> {
+    let head_end = find(bytes, b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[..head_end]).to_ascii_lowercase();
+    if head.contains("\r\ntransfer-encoding: chunked") {
+        return find(&bytes[head_end..], b"0\r\n\r\n").map(|i| head_end + i + 5);
+    }
+    let cl = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    (bytes.len() >= head_end + cl).then_some(head_end + cl)
+}
+
+/// The gateway's binary, serving a config written here.
+struct Gateway {
+    child: std::process::Child,
+    config: std::path::PathBuf,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    jwt: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Gateway {
+    /// `server` and `limits` are extra lines for those sections.
+    async fn start(upstream: SocketAddr, server: &str, limits: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let issuer = DevIssuer::new_rsa("https://sso.probe.invalid", "probe-key").unwrap();
+        std::fs::write(
+            d.join("jwks.json"),
+            serde_json::to_string(issuer.jwks()).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(d.join("token"), VAULT_TOKEN).unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let config = format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+shutdown_grace = "5s"
+{server}
+
+[limits]
+linger_time = "1s"
+{limits}
+
+[upstream]
+url = "http://{upstream}"
+request_timeout = "3s"
+
+[[auth.issuers]]
+issuer = "https://sso.probe.invalid"
+jwks_file = "{dir}/jwks.json"
+audiences = ["redcap-gateway"]
+algorithms = ["RS256"]
+groups_claim = "groups"
+
+[audit]
+sink = "file"
+path = "{dir}/audit.log"
+
+[projects.demo]
+token = "file:{dir}/token"
+token_owner = "svc_owner"
+
+[[projects.demo.grants]]
+groups = ["staff"]
+allow = ["read", "record:import"]
+export = "full"
+"#,
+            dir = d.display()
+        );
+        let path = d.join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Self::spawn(&path);
+        assert!(common::wait_for_port(port).await, "the gateway listens");
+        Gateway {
+            child,
+            config: path,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            jwt: issuer.token("probe-user", &["staff"]),
+            _dir: dir,
+        }
+    }
+
+    /// The binary under test: this build's, or `PROBE_GATEWAY_BIN` (e.g. the dist build,
+    /// to probe what ships).
+    fn spawn(config: &std::path::Path) -> std::process::Child {
+        let bin = std::env::var("PROBE_GATEWAY_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_redcap-gateway").to_string());
+        std::process::Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`) and waits for the process to end.
+    fn signal(&mut self, name: &str) -> std::process::ExitStatus {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
+
+    /// Starts the binary again on the same config (and audit log).
+    async fn restart(&mut self) {
+        self.child = Self::spawn(&self.config);
+        assert!(
+            common::wait_for_port(self.addr.port()).await,
+            "the gateway listens again"
+        );
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.config.parent().unwrap()
+    }
+
+    /// A well-formed export request's head and body, with `extra` header lines.
+    fn request(&self, extra: &str) -> String {
+        let body = "content=record&format=json";
+        format!(
+            "POST /p/demo/api/ HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+            self.jwt,
+            body.len()
+        )
+    }
+
+    fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a raw exchange gave: the answer's bytes, and whether the gateway closed the
+/// connection (end of file) within the deadline.
+struct Answer {
+    text: String,
+    closed: bool,
+}
+
+impl Answer {
+    /// The status codes of every response in the answer, in order (the bodies here never
+    /// hold a status line).
+    fn statuses(&self) -> Vec<u16> {
+        self.text
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(i, _)| self.text.get(i + 9..i + 12)?.parse().ok())
+            .collect()
+    }
+}
+
+/// Sends `bytes` on a new connection, then reads until the gateway closes or nothing
+/// comes for `quiet`.
+async fn exchange(addr: SocketAddr, bytes: &[u8], quiet: Duration) -> Answer {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    read_answer(&mut s, quiet).await
+}
+
+async fn read_answer(s: &mut TcpStream, quiet: Duration) -> Answer {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let closed = loop {
+        match tokio::time::timeout(quiet, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    Answer {
+        text: String::from_utf8_lossy(&out).into_owned(),
+        closed,
+    }
+}
+
+/// REDCap's error shape for a JSON caller: `{"error": "..."}`.
+fn redcap_error(a: &Answer) -> bool {
+    a.text
+        .split("\r\n\r\n")
+        .nth(1)
+        .is_some_and(|body| body.contains("{\"error\":"))
+}
+
+/// Request smuggling: a body framed two ways, two lengths, a bad chunk, an obs-folded
+/// header; each carries a second request marked SMUGGLED. nginx answers 400 to each
+/// (and closes); Envoy too. REDCap must never see the marked request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_is_smuggled_to_redcap() {
+    let (up, rec) = Recorder::start().await;
+    let gw = Gateway::start(up, "", "").await;
+    let auth = format!("Authorization: Bearer {}\r\n", gw.jwt);
+    let smuggled = "POST /p/demo/api/ HTTP/1.1\r\nHost: gw\r\nContent-Length: 28\r\n\r\ncontent=record&SMUGGLED=true";
+    let head = |framing: &str| {
+        format!(
+            "POST /p/demo/api/ HTTP/1.1\r\nHost: gw\r\n{auth}Content-Type: application/x-www-form-urlencoded\r\n{framing}\r\n"
+        )
+    };
+    // How each must end: refused (400, or 501 for an unknown coding), or, with both
+    // Transfer-Encoding and Content-Length, read by its Transfer-Encoding, answered, and
+    // the connection closed (hyper does this, as RFC 9112 6.1 allows; nginx since 1.21.1
+    // and Envoy refuse): either way nothing after it on the connection is read as a request,
+    // and REDCap gets the gateway's own request, framed by the gateway.
+    const REFUSED: &[u16] = &[400, 501];
+    const READ_BY_TE: &[u16] = &[200];
+    let probes: Vec<(&str, String, &[u16])> = vec![
+        // CL.TE: a front end that trusts Content-Length forwards the rest as a second request.
+        (
+            "Content-Length with Transfer-Encoding",
+            format!(
+                "{}1a\r\ncontent=record&format=json\r\n0\r\n\r\n{smuggled}",
+                head("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n")
+            ),
+            READ_BY_TE,
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            format!(
+                "{}1a\r\ncontent=record&format=json\r\n0\r\n\r\n{smuggled}",
+                head("Transfer-Encoding: chunked\r\nContent-Length: 200\r\n")
+            ),
+            READ_BY_TE,
+        ),
+        (
+            "two Content-Lengths",
+            format!(
+                "{}content=record&format=json{smuggled}",
+                head("Content-Length: 26\r\nContent-Length: 150\r\n")
+            ),
+            REFUSED,
+        ),
+        (
+            "a Content-Length list",
+            format!(
+                "{}content=record&format=json{smuggled}",
+                head("Content-Length: 26, 150\r\n")
+            ),
+            REFUSED,
+        ),
+        (
+            "a signed Content-Length",
+            format!(
+                "{}content=record&format=json",
+                head("Content-Length: +26\r\n")
+            ),
+            REFUSED,
+        ),
+        (
+            "a bad chunk size",
+            format!(
+                "{}zz\r\ncontent=record\r\n0\r\n\r\n{smuggled}",
+                head("Transfer-Encoding: chunked\r\n")
+            ),
+            REFUSED,
+        ),
+        (
+            "a chunk size with a plus sign",
+            format!(
+                "{}+1a\r\ncontent=record&format=json\r\n0\r\n\r\n{smuggled}",
+                head("Transfer-Encoding: chunked\r\n")
+            ),
+            REFUSED,
+        ),
+        (
+            "Transfer-Encoding other than chunked",
+            format!(
+                "{}content=record&format=json{smuggled}",
+                head("Transfer-Encoding: gzip\r\n")
+            ),
+            REFUSED,
+        ),
+        (
+            "chunked, then identity",
+            format!(
+                "{}1a\r\ncontent=record&format=json\r\n0\r\n\r\n{smuggled}",
+                head("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n")
+            ),
+            REFUSED,
+        ),
+        (
+            "an obs-folded Transfer-Encoding",
+            format!(
+                "{}1a\r\ncontent=record&format=json\r\n0\r\n\r\n{smuggled}",
+                head("Transfer-Encoding:\r\n chunked\r\nContent-Length: 26\r\n")
+            ),
+            REFUSED,
+        ),
+        (
+            "a space before the colon",
+            format!(
+                "{}content=record&format=json{smuggled}",
+                head("Content-Length : 26\r\nTransfer-Encoding: chunked\r\n")
+            ),
+            REFUSED,
+        ),
+    ];
+    for (name, bytes, ends) in &probes {
+        rec.clear();
+        let a = exchange(gw.addr, bytes.as_bytes(), Duration::from_secs(3)).await;
+        let statuses = a.statuses();
+        assert!(
+            statuses.len() == 1 && ends.contains(&statuses[0]) && a.closed,
+            "{name}: one answer of {ends:?}, then the connection closes: {:?}",
+            a.text
+        );
+        let forwarded = usize::from(statuses[0] == 200);
+        rec.saw_only_gateway_requests(forwarded, name);
+    }
+}
+
+/// Requests that are odd but unambiguous are served as one request each, and REDCap
+/// sees the gateway's own well-formed request: bare LF line ends (nginx accepts them),
+/// an absolute-form target (REDCap sees its own host, not the one named), two requests
+/// pipelined in one write (both answered, in order), a chunked body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_but_unambiguous_requests_are_forwarded_as_one_clean_request() {
+    let (up, rec) = Recorder::start().await;
+    let gw = Gateway::start(up, "", "").await;
+    let auth = format!("Authorization: Bearer {}", gw.jwt);
+    let body = "content=record&format=json";
+    let bare_lf = format!(
+        "POST /p/demo/api/ HTTP/1.1\nHost: gw\n{auth}\nContent-Type: application/x-www-form-urlencoded\nContent-Length: {}\n\n{body}",
+        body.len()
+    );
+    let absolute = gw.request("").replacen(
+        "POST /p/demo/api/",
+        "POST http://evil.example/p/demo/api/",
+        1,
+    );
+    let chunked = format!(
+        "POST /p/demo/api/ HTTP/1.1\r\nHost: gw\r\n{auth}\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let pipelined = format!("{}{}", gw.request(""), gw.request(""));
+    for (name, bytes, n) in [
+        ("bare LF", bare_lf, 1),
+        ("absolute-form target", absolute, 1),
+        ("chunked body", chunked, 1),
+        ("two pipelined", pipelined, 2),
+    ] {
+        rec.clear();
+        let a = exchange(gw.addr, bytes.as_bytes(), Duration::from_millis(700)).await;
+        assert_eq!(a.statuses(), vec![200; n], "{name}: {:?}", a.text);
+        rec.saw_only_gateway_requests(n, name);
+        for (head, _) in rec.requests() {
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains(&format!("\r\nhost: {up}\r\n")),
+                "{name}: REDCap is asked for its own host: {head}"
+            );
+        }
+    }
+}
+
+/// Slow and silent clients (slowloris): a head sent a byte at a time, a connection that
+/// sends nothing, half of HTTP/2's preface, and a kept-alive connection left idle are all
+/// closed once `server.header_read_timeout` passes (nginx: `client_header_timeout` and
+/// `keepalive_timeout`, 60 s and 75 s by default; Envoy: `idle_timeout`, 1 h), while a
+/// normal request on another connection is served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_silent_clients_are_closed_and_others_served_meanwhile() {
+    let (up, _rec) = Recorder::start().await;
+    let gw = Gateway::start(up, "header_read_timeout = \"1s\"", "").await;
+    let start = Instant::now();
+    let silent = TcpStream::connect(gw.addr).await.unwrap();
+    let mut preface = TcpStream::connect(gw.addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(gw.request("").as_bytes()).await.unwrap();
+    let first = read_answer(&mut idle, Duration::from_millis(300)).await;
+    assert_eq!(first.statuses(), vec![200], "{}", first.text);
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    let request = gw.request("");
+    let drip = tokio::spawn(async move {
+        // A byte every 200 ms: the whole head would take minutes.
+        for b in request.as_bytes() {
+            if slow.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        read_answer(&mut slow, Duration::from_millis(100)).await
+    });
+
+    // Meanwhile a normal request is served at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let a = exchange(
+        gw.addr,
+        gw.request("Connection: close\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(a.statuses(), vec![200], "{}", a.text);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    for (name, mut s) in [
+        ("silent", silent),
+        ("half a preface", preface),
+        ("idle keep-alive", idle),
+    ] {
+        let a = read_answer(&mut s, Duration::from_secs(4)).await;
+        assert!(a.closed, "{name}: closed");
+        let after = start.elapsed();
+        assert!(
+            after < Duration::from_secs(4),
+            "{name}: closed after {after:?}"
+        );
+        assert!(
+            a.text.is_empty() || a.statuses() == vec![408],
+            "{name}: nothing, or hyper's 408: {:?}",
+            a.text
+        );
+    }
+    let slow = tokio::time::timeout(Duration::from_secs(5), drip)
+        .await
+        .expect("the slow head is cut off")
+        .unwrap();
+    assert!(slow.closed);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// Path tricks: only `/p/{project}/api/` (or without its last slash) names a project, as
+/// written: no decoding, no dot segments, no case folding, no `;params`. Everything else
+/// is a REDCap-shaped 404, and REDCap sees nothing (nginx would normalise `//` and dot
+/// segments before matching a location; the gateway matches fewer paths, never more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_exact_api_path_reaches_redcap() {
+    let (up, rec) = Recorder::start().await;
+    let gw = Gateway::start(up, "", "").await;
+    for (path, status) in [
+        ("/p/demo/api/", 200),
+        ("/p/demo/api", 200),
+        ("//p/demo/api/", 404),
+        ("/p//demo/api/", 404),
+        ("/p/demo//api/", 404),
+        ("/p/demo/./api/", 404),
+        ("/p/other/../demo/api/", 404),
+        ("/p/demo/api/..", 404),
+        ("/P/DEMO/API/", 404),
+        ("/p/DEMO/api/", 404),
+        ("/p/demo%2fapi/", 404),
+        ("/p/de%6do/api/", 404),
+        ("/p/demo/api/;x=1", 404),
+        ("/p/demo;x=1/api/", 404),
+        ("/p/demo/api%2f", 404),
+        ("/p/demo/api/%2e%2e/", 404),
+        ("/p/demo/api/x", 404),
+    ] {
+        rec.clear();
+        let req = gw
+            .request("Connection: close\r\n")
+            .replacen("/p/demo/api/", path, 1);
+        let a = exchange(gw.addr, req.as_bytes(), Duration::from_secs(2)).await;
+        assert_eq!(a.statuses(), vec![status], "{path}: {}", a.text);
+        if status == 404 {
+            assert!(redcap_error(&a), "{path}: {}", a.text);
+        }
+        rec.saw_only_gateway_requests(usize::from(status == 200), path);
+    }
+}
+
+/// Header tricks. Two Authorization headers are refused (never one picked, as a proxy
+/// in front might pick the other); the scheme is case-insensitive (RFC 9110 11.1); a
+/// non-UTF-8 credential is a 401 that says so; a head over `limits.max_header_bytes` is
+/// a REDCap-shaped 431, and one over hyper's buffer hyper's bare 431; more than 100
+/// header lines, hyper's 431; `Expect: 100-continue` is answered (no wait for a body
+/// that is not coming, and a `100 Continue` before a body that is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_tricks_get_clear_answers() {
+    let (up, rec) = Recorder::start().await;
+    let gw = Gateway::start(up, "", "max_header_bytes = \"16KiB\"").await;
+    let close = "Connection: close\r\n";
+    let bearer = format!("Authorization: Bearer {}\r\n", gw.jwt);
+    let without_auth = |extra: &str| {
+        gw.request(&format!("{close}{extra}"))
+            .replacen(&bearer, "", 1)
+    };
+    let many: String = (0..120).map(|i| format!("X-Many-{i}: x\r\n")).collect();
+    let probes: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "two Authorization headers",
+            gw.request(&format!("{close}Authorization: Bearer {}\r\n", gw.jwt))
+                .into_bytes(),
+            401,
+            "more than one Authorization header",
+        ),
+        (
+            "a lowercase scheme",
+            without_auth(&format!("Authorization: bearer {}\r\n", gw.jwt)).into_bytes(),
+            200,
+            "record_id",
+        ),
+        (
+            "a non-UTF-8 credential",
+            without_auth("Authorization: Bearer NOT-UTF-8\r\n")
+                .replace("NOT-UTF-8", "\u{1}")
+                .into_bytes()
+                .into_iter()
+                .map(|b| if b == 1 { 0xff } else { b })
+                .collect(),
+            401,
+            "{\"error\":",
+        ),
+        (
+            "a head over max_header_bytes",
+            gw.request(&format!("{close}X-Big: {}\r\n", "a".repeat(20 << 10)))
+                .into_bytes(),
+            431,
+            "{\"error\":",
+        ),
+        (
+            "a head over hyper's buffer",
+            gw.request(&format!("{close}X-Big: {}\r\n", "a".repeat(200 << 10)))
+                .into_bytes(),
+            431,
+            "",
+        ),
+        (
+            "many header lines",
+            gw.request(&format!("{close}{many}")).into_bytes(),
+            431,
+            "",
+        ),
+        (
+            "Expect: 100-continue and no body",
+            gw.request(close)
+                .replace(
+                    "Content-Length: 26\r\n",
+                    "Content-Length: 0\r\nExpect: 100-continue\r\n",
+                )
+                .replace("content=record&format=json", "")
+                .into_bytes(),
+            400,
+            "<error>the parameter &quot;content&quot; is missing</error>",
+        ),
+    ];
+    // The last field: what the body says ("" for hyper's own bare answers).
+    for (name, bytes, status, says) in probes {
+        rec.clear();
+        let a = exchange(gw.addr, &bytes, Duration::from_secs(2)).await;
+        assert_eq!(a.statuses(), vec![status], "{name}: {}", a.text);
+        assert!(a.closed, "{name}");
+        assert!(a.text.contains(says), "{name}: {}", a.text);
+        rec.saw_only_gateway_requests(usize::from(status == 200), name);
+    }
+
+    // Expect: 100-continue with a body: `100 Continue`, then the body, then the answer.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req = gw.request(&format!("{close}Expect: 100-continue\r\n"));
+    let (head, body) = req.split_at(req.find("\r\n\r\n").unwrap() + 4);
+    s.write_all(head.as_bytes()).await.unwrap();
+    let interim = read_answer(&mut s, Duration::from_millis(500)).await;
+    assert!(
+        interim.text.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{}",
+        interim.text
+    );
+    s.write_all(body.as_bytes()).await.unwrap();
+    let a = read_answer(&mut s, Duration::from_secs(2)).await;
+    assert_eq!(a.statuses(), vec![200], "{}", a.text);
+}
+
+/// Thousands of idle keep-alive connections (each after one request) cost a bounded
+/// amount of memory each, `server.max_connections` caps how many (the next is answered
+/// 503 in REDCap's shape and closed), and neither new requests once one closes nor the
+/// admin port wait on them. (nginx: `worker_connections`, about 1 KB a connection once
+/// idle; here hyper keeps its 8 KiB read and write buffers: ~30 KB a connection in the
+/// dist build, ~43 KB in a debug one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_idle_connections_are_capped_and_new_requests_are_served() {
+    const IDLE: usize = 2000;
+    let (up, _rec) = Recorder::start().await;
+    let gw = Gateway::start(
+        up,
+        &format!("header_read_timeout = \"120s\"\nmax_connections = {IDLE}"),
+        "max_concurrent_requests = 64",
+    )
+    .await;
+    let close = "Connection: close\r\n";
+    let warm = exchange(
+        gw.addr,
+        gw.request(close).as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(warm.statuses(), vec![200]);
+    let before = gw.rss_kb();
+    let mut idle = Vec::with_capacity(IDLE);
+    let request = gw.request("");
+    for _ in 0..IDLE {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+        idle.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = gw.rss_kb().saturating_sub(before);
+    let per = grown as f64 / IDLE as f64;
+    eprintln!("{IDLE} idle keep-alive connections: RSS +{grown} kB ({per:.1} kB each)");
+    assert!(per < 64.0, "{per:.1} kB per idle connection");
+
+    // One over the cap: refused at once, in REDCap's shape.
+    let over = exchange(
+        gw.addr,
+        gw.request(close).as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(over.statuses(), vec![503], "{}", over.text);
+    assert!(over.closed);
+    assert!(
+        over.text
+            .contains("{\"error\":\"too many connections are open (2000)"),
+        "{}",
+        over.text
+    );
+    assert!(
+        over.text
+            .to_ascii_lowercase()
+            .contains("\r\nretry-after: 5\r\n"),
+        "{}",
+        over.text
+    );
+    let ready = exchange(
+        gw.admin,
+        b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(ready.statuses(), vec![200], "{}", ready.text);
+
+    // Once some close, new requests are served at once; the idle ones still work.
+    idle.truncate(IDLE - 10);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let a = exchange(
+        gw.addr,
+        gw.request(close).as_bytes(),
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(a.statuses(), vec![200], "{}", a.text);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    for s in idle.iter_mut().step_by(400) {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let a = read_answer(s, Duration::from_millis(500)).await;
+        assert_eq!(a.statuses(), vec![200], "{}", a.text);
+    }
+    let metrics = exchange(
+        gw.admin,
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        metrics
+            .text
+            .contains("redcap_gateway_connections_refused_total 1"),
+        "{}",
+        metrics.text
+    );
+}
+
+/// One client of the mixed load: exports and imports, each with its own request id, until
+/// the gateway stops answering. Returns the ids of the requests answered whole, and of
+/// the imports among them.
+async fn mixed_load(gw_addr: SocketAddr, jwt: String, client: usize) -> (Vec<String>, Vec<String>) {
+    let (mut answered, mut imports) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        let id = format!("probe-{client}-{i}");
+        let import = i % 3 == 0;
+        let body = if import {
+            format!(
+                "content=record&action=import&format=json&data=%5B%7B%22record_id%22%3A%22{client}-{i}%22%7D%5D"
+            )
+        } else {
+            "content=record&format=json".to_string()
+        };
+        let req = format!(
+            "POST /p/demo/api/ HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {jwt}\r\nX-Request-Id: {id}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let Ok(mut s) = TcpStream::connect(gw_addr).await else {
+            break;
+        };
+        if s.write_all(req.as_bytes()).await.is_err() {
+            break;
+        }
+        let a = read_answer(&mut s, Duration::from_secs(5)).await;
+        // Whole: the head and as many body bytes as it announced.
+        let whole = a.text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            head.to_ascii_lowercase()
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.parse::<usize>().ok())
+                == Some(body.len())
+        });
+        if !whole {
+            break;
+        }
+        answered.push(id.clone());
+        if import {
+            imports.push(id);
+        }
+    }
+    (answered, imports)
+}
+
+/// The audit records of a log (all files), as JSON.
+fn audit_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    redcap_gateway::audit::chain_files(&dir.join("audit.log"))
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect()
+}
+
+fn verify_audit(dir: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redcap-gateway"))
+        .arg("verify-audit")
+        .arg(dir.join("audit.log"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// SIGTERM and SIGKILL under a mixed load of exports and imports. After SIGTERM every
+/// request answered whole has its final record, and the chain verifies. After SIGKILL
+/// and a restart the chain verifies (a line the kill cut short is reported and the
+/// chain continues), and every import REDCap saw had its intent record written first.
+/// (nginx and Envoy keep no audit chain; their access logs are buffered and lose the
+/// last lines on SIGKILL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stops_and_crashes_under_load_keep_the_audit_whole() {
+    let (up, rec) = Recorder::start().await;
+    let mut gw = Gateway::start(up, "", "").await;
+    let load = |gw: &Gateway| {
+        (0..6)
+            .map(|c| tokio::spawn(mixed_load(gw.addr, gw.jwt.clone(), c)))
+            .collect::<Vec<_>>()
+    };
+
+    // SIGTERM: drained, nothing answered is missing from the log.
+    let clients = load(&gw);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(gw.signal("TERM").success(), "a clean exit");
+    let mut answered = Vec::new();
+    for c in clients {
+        answered.extend(c.await.unwrap().0);
+    }
+    assert!(answered.len() > 50, "{} answered", answered.len());
+    let finals: std::collections::HashSet<String> = audit_records(gw.dir())
+        .iter()
+        .filter(|r| r["phase"] == "final")
+        .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+        .collect();
+    let missing: Vec<&String> = answered.iter().filter(|id| !finals.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "answered without a final record: {missing:?}"
+    );
+    let (ok, text) = verify_audit(gw.dir());
+    assert!(ok, "{text}");
+
+    // SIGKILL, several times (a kill cuts a line short now and then), and a restart.
+    for _ in 0..3 {
+        gw.restart().await;
+        rec.clear();
+        let clients = load(&gw);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        gw.signal("KILL");
+        let mut answered = Vec::new();
+        for c in clients {
+            answered.extend(c.await.unwrap().0);
+        }
+        let finals: std::collections::HashSet<String> = audit_records(gw.dir())
+            .iter()
+            .filter(|r| r["phase"] == "final")
+            .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+            .collect();
+        let missing = answered.iter().filter(|id| !finals.contains(*id)).count();
+        eprintln!(
+            "SIGKILL: {} answered, {missing} without a final record",
+            answered.len()
+        );
+        // Every import REDCap received had its intent on disk first (the intent is
+        // written before the call is forwarded, so a kill cannot reorder them).
+        let intents: std::collections::HashSet<String> = audit_records(gw.dir())
+            .iter()
+            .filter(|r| r["phase"] == "intent")
+            .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+            .collect();
+        for (head, body) in rec.requests() {
+            if !String::from_utf8_lossy(&body).contains("action=import") {
+                continue;
+            }
+            let id = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("x-request-id: ")
+                        .map(str::to_string)
+                })
+                .expect("the request id goes to REDCap");
+            assert!(
+                intents.contains(&id),
+                "REDCap saw import {id} with no intent record"
+            );
+        }
+        gw.restart().await;
+        let (ok, text) = verify_audit(gw.dir());
+        assert!(ok, "after a kill and a restart: {text}");
+        gw.signal("TERM");
+    }
+    let (ok, text) = verify_audit(gw.dir());
+    assert!(ok, "{text}");
+    eprintln!("{text}");
+}
