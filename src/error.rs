@@ -43,6 +43,10 @@ pub enum GatewayError {
     Overloaded,
     #[error("too many connections are open ({0}); retry in a few seconds")]
     TooManyConnections(usize),
+    /// REDCap answered 429: its per-IP rate limit, which bans the gateway's address for
+    /// every user (REDCAP.md). Its plain-text answer is passed on in REDCap's shape.
+    #[error("REDCap refused the call: its rate limit for the gateway's address was reached; retry later")]
+    UpstreamRateLimited,
     #[error("the gateway is shutting down; retry shortly")]
     ShuttingDown,
     #[error("the project's REDCap token is not available")]
@@ -123,7 +127,7 @@ impl GatewayError {
             | DagScopeUnavailable
             | AuditUnavailable
             | TokenStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnreachable | UpstreamUnreadable(_) | IdpUnavailable(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -141,7 +145,9 @@ impl GatewayError {
             | AuditUnavailable
             | TokenStoreUnavailable => Side::Gateway,
             MetadataUnavailable | DagScopeUnavailable | UpstreamUnreadable(_) => Side::Upstream,
-            UpstreamUnreachable | UpstreamTimeout | IdpUnavailable(_) => Side::Upstream,
+            UpstreamUnreachable | UpstreamTimeout | IdpUnavailable(_) | UpstreamRateLimited => {
+                Side::Upstream
+            }
             _ => Side::Client,
         }
     }
@@ -172,6 +178,7 @@ impl GatewayError {
             RateLimited { .. } => "rate_limited",
             UpstreamUnreachable => "upstream_unreachable",
             UpstreamTimeout => "upstream_timeout",
+            UpstreamRateLimited => "upstream_rate_limited",
             SignInRefused(_) => "sign_in_refused",
             IdpUnavailable(_) => "idp_unavailable",
         }

@@ -61,6 +61,7 @@ pub fn build(g: &Gateway, upstream: crate::upstream::Upstream) -> Pipeline<impl 
             upstream,
             &g.api,
             g.upstream_timeout,
+            g.config.upstream.body_idle_timeout.0,
             g.metrics.clone(),
         ))
 }

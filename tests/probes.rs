@@ -158,6 +158,16 @@ fn free_port() -> u16 {
 impl Gateway {
     /// `server` and `limits` are extra lines for those sections.
     async fn start(upstream: SocketAddr, server: &str, limits: &str) -> Gateway {
+        Self::start_with(upstream, server, limits, "request_timeout = \"3s\"").await
+    }
+
+    /// As `start`, with `upstream` lines for the `[upstream]` section.
+    async fn start_with(
+        upstream: SocketAddr,
+        server: &str,
+        limits: &str,
+        upstream_lines: &str,
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let issuer = DevIssuer::new_rsa("https://sso.probe.invalid", "probe-key").unwrap();
@@ -181,7 +191,7 @@ linger_time = "1s"
 
 [upstream]
 url = "http://{upstream}"
-request_timeout = "3s"
+{upstream_lines}
 
 [[auth.issuers]]
 issuer = "https://sso.probe.invalid"
@@ -992,4 +1002,378 @@ async fn stops_and_crashes_under_load_keep_the_audit_whole() {
     let (ok, text) = verify_audit(gw.dir());
     assert!(ok, "{text}");
     eprintln!("{text}");
+}
+
+/// How a faulty REDCap answers (after reading the request).
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    ClosesMidHead,
+    GarbageStatusLine,
+    SlowFirstByte,
+    PlainTextBan,
+    CutMidBodyWithLength,
+    CutMidBodyChunked,
+    SlowDrip,
+    StallsMidBody,
+}
+
+async fn w(s: &mut TcpStream, b: &[u8]) -> bool {
+    s.write_all(b).await.is_ok()
+}
+
+async fn faulty_upstream(fault: Fault) -> SocketAddr {
+    common::raw_upstream(move |mut s| async move {
+        let sleep = |ms| tokio::time::sleep(Duration::from_millis(ms));
+        match fault {
+            Fault::ClosesMidHead => {
+                w(&mut s, b"HTTP/1.1 200 OK\r\nContent-Ty").await;
+            }
+            Fault::GarbageStatusLine => {
+                w(&mut s, b"HTTP/1.1 two hundred\r\n\r\n").await;
+            }
+            Fault::SlowFirstByte => {
+                sleep(3000).await;
+                w(&mut s, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n[]").await;
+            }
+            Fault::PlainTextBan => {
+                w(&mut s, b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/html\r\ncontent-length: 38\r\n\r\nYour IP address has been banned (429).").await;
+            }
+            Fault::CutMidBodyWithLength => {
+                w(&mut s, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n[{\"record_id\":\"1\"},").await;
+            }
+            Fault::CutMidBodyChunked => {
+                w(&mut s, b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n13\r\n[{\"record_id\":\"1\"},\r\n").await;
+            }
+            Fault::SlowDrip => {
+                w(&mut s, b"HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ncontent-length: 20\r\n\r\n").await;
+                for _ in 0..20 {
+                    sleep(100).await;
+                    if !w(&mut s, b"x").await {
+                        return;
+                    }
+                }
+            }
+            Fault::StallsMidBody => {
+                w(&mut s, b"HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ncontent-length: 20\r\n\r\nrecord_id\n").await;
+                sleep(10_000).await;
+            }
+        }
+    })
+    .await
+}
+
+/// A faulty or unreachable REDCap: refused, cut mid-head, a garbage status line, a first
+/// byte later than `request_timeout` are REDCap-shaped 502/502/502/504; REDCap's plain-text
+/// 429 (its per-IP ban) is passed on as a REDCap-shaped 429 with Retry-After; an answer
+/// cut mid-body, or stalled longer than `body_idle_timeout`, aborts the caller's transfer
+/// (fewer bytes than announced, or no last chunk: never a clean, silently short 200); a
+/// slow drip streams through as it comes. (nginx: 502 and 504 as HTML pages, a cut body
+/// aborted the same way, `proxy_read_timeout` 60 s for a stall.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_get_clear_answers_and_never_a_clean_short_200() {
+    let upstream_lines = "request_timeout = \"1s\"\nbody_idle_timeout = \"1s\"";
+    let closed_port = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gw = Gateway::start_with(closed_port, "", "", upstream_lines).await;
+    let a = exchange(
+        gw.addr,
+        gw.request("Connection: close\r\n").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(a.statuses(), vec![502], "refused: {}", a.text);
+    assert!(redcap_error(&a), "{}", a.text);
+    drop(gw);
+
+    for (fault, status) in [
+        (Fault::ClosesMidHead, 502),
+        (Fault::GarbageStatusLine, 502),
+        (Fault::SlowFirstByte, 504),
+        (Fault::PlainTextBan, 429),
+    ] {
+        let gw = Gateway::start_with(faulty_upstream(fault).await, "", "", upstream_lines).await;
+        let a = exchange(
+            gw.addr,
+            gw.request("Connection: close\r\n").as_bytes(),
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(a.statuses(), vec![status], "{fault:?}: {}", a.text);
+        assert!(redcap_error(&a), "{fault:?}: {}", a.text);
+        if status == 429 {
+            assert!(
+                a.text
+                    .to_ascii_lowercase()
+                    .contains("\r\nretry-after: 60\r\n"),
+                "{}",
+                a.text
+            );
+            assert!(
+                !a.text.contains("banned"),
+                "REDCap's page is not passed on: {}",
+                a.text
+            );
+        }
+    }
+
+    for fault in [
+        Fault::CutMidBodyWithLength,
+        Fault::CutMidBodyChunked,
+        Fault::StallsMidBody,
+    ] {
+        let gw = Gateway::start_with(faulty_upstream(fault).await, "", "", upstream_lines).await;
+        let t = Instant::now();
+        let a = exchange(gw.addr, gw.request("").as_bytes(), Duration::from_secs(4)).await;
+        assert_eq!(a.statuses(), vec![200], "{fault:?}: {}", a.text);
+        assert!(a.closed, "{fault:?}: the transfer ends");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{fault:?}: {:?}",
+            t.elapsed()
+        );
+        let (head, body) = a.text.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        match head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
+            Some(n) => assert!(
+                body.len() < n.parse::<usize>().unwrap(),
+                "{fault:?}: short of its length"
+            ),
+            None => {
+                assert!(
+                    head.contains("transfer-encoding: chunked"),
+                    "{fault:?}: {head}"
+                );
+                assert!(
+                    !body.ends_with("0\r\n\r\n"),
+                    "{fault:?}: no last chunk: {body:?}"
+                );
+            }
+        }
+    }
+
+    // A slow drip streams: the first bytes reach the caller long before the last.
+    let gw = Gateway::start_with(
+        faulty_upstream(Fault::SlowDrip).await,
+        "",
+        "",
+        upstream_lines,
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(gw.request("Connection: close\r\n").as_bytes())
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .expect("the head and first bytes come")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+    assert!(
+        t.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    let rest = read_answer(&mut s, Duration::from_secs(3)).await;
+    let whole = format!("{}{}", String::from_utf8_lossy(&buf[..n]), rest.text);
+    assert_eq!(
+        whole.split_once("\r\n\r\n").unwrap().1,
+        "x".repeat(20),
+        "{whole}"
+    );
+    assert!(
+        t.elapsed() > Duration::from_millis(1500),
+        "it took the drip's time"
+    );
+}
+
+/// HTTP/2 cleartext with prior knowledge is served by the same stack (authenticated,
+/// forwarded as the gateway's own HTTP/1.1 request); an HTTP/1.1 `Upgrade: h2c` is not
+/// taken up (answered over HTTP/1.1, as nginx does) and REDCap never sees the upgrade
+/// headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_is_served_by_the_same_stack_and_upgrades_are_not_taken_up() {
+    use http_body_util::{BodyExt, Full};
+    let (up, rec) = Recorder::start().await;
+    let gw = Gateway::start(up, "", "").await;
+
+    let io = hyper_util::rt::TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for (auth, status) in [
+        (format!("Bearer {}", gw.jwt), 200),
+        ("Bearer x.y.z".to_string(), 401),
+    ] {
+        let req = http::Request::post(format!("http://{}/p/demo/api/", gw.addr))
+            .header("authorization", auth)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(bytes::Bytes::from_static(
+                b"content=record&format=json",
+            )))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(!body.is_empty());
+    }
+    rec.saw_only_gateway_requests(1, "h2c prior knowledge");
+
+    rec.clear();
+    let upgrade = gw.request(
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+    );
+    let a = exchange(gw.addr, upgrade.as_bytes(), Duration::from_millis(700)).await;
+    assert_eq!(a.statuses(), vec![200], "{}", a.text);
+    rec.saw_only_gateway_requests(1, "Upgrade: h2c");
+    let (head, _) = &rec.requests()[0];
+    let head = head.to_ascii_lowercase();
+    assert!(
+        !head.contains("upgrade") && !head.contains("http2-settings"),
+        "{head}"
+    );
+}
+
+/// 20,000 requests with random JWTs: well-formed but with unknown key ids, forged
+/// signatures on the real key id, or validly signed for random users. Memory stays
+/// bounded, the IdP's JWKS is fetched a bounded number of times (one refresh per
+/// cooldown for unknown key ids, single-flight), and a valid user is served throughout.
+/// (nginx and Envoy's jwt_authn fetch a JWKS on a timer; Envoy refetches on an unknown
+/// kid only with `async_fetch`, also rate-limited.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_thousand_random_jwts_cost_bounded_memory_and_jwks_fetches() {
+    use base64::Engine;
+    const N: usize = 20_000;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (up, _rec) = Recorder::start().await;
+    let issuer = DevIssuer::new_rsa("https://sso.probe.invalid", "probe-key").unwrap();
+    // The IdP's JWKS endpoint, counting fetches.
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let jwks = serde_json::to_string(issuer.jwks()).unwrap();
+    let idp = {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let fetches = fetches.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (fetches, jwks) = (fetches.clone(), jwks.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let r = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{jwks}",
+                            jwks.len()
+                        );
+                        if s.write_all(r.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    };
+    let mut gw = Gateway::start(up, "", "").await;
+    // The same gateway, its issuer's keys fetched from the IdP instead of a file.
+    let config = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .replace(
+            &format!("jwks_file = \"{}/jwks.json\"", gw.dir().display()),
+            &format!("jwks_url = \"http://{idp}/jwks.json\"\njwks_refresh_cooldown = \"2s\""),
+        )
+        .replace("[limits]", "[limits]\nmax_concurrent_requests = 4096")
+        .replace(
+            "[projects.demo]",
+            "[rate_limit]\nper_user = { limit = 1000000, per = \"1s\" }\nper_project = { limit = 1000000, per = \"1s\" }\nupstream = { limit = 1000000, per = \"1s\" }\n\n[projects.demo]",
+        );
+    std::fs::write(&gw.config, config).unwrap();
+    gw.signal("TERM");
+    gw.restart().await;
+    let valid = issuer.token("probe-user", &["staff"]);
+    // The new IdP's key (the harness's own issuer signed `gw.jwt` with another).
+    let first = gw.request("Connection: close\r\n").replace(&gw.jwt, &valid);
+    let ok = exchange(gw.addr, first.as_bytes(), Duration::from_secs(2)).await;
+    assert_eq!(ok.statuses(), vec![200], "{}", ok.text);
+    let fetched_at_start = fetches.load(std::sync::atomic::Ordering::Relaxed);
+    let before = gw.rss_kb();
+    let started = Instant::now();
+
+    // The valid token's header and claims (the real key id), with a forged signature.
+    let (signed_part, _) = valid.rsplit_once('.').unwrap();
+    let tokens: Vec<String> = (0..N)
+        .map(|i| match i % 3 {
+            0 => {
+                let header = b64.encode(format!(r#"{{"alg":"RS256","typ":"JWT","kid":"k{i}"}}"#));
+                let claims = b64.encode(format!(
+                    r#"{{"iss":"https://sso.probe.invalid","aud":"redcap-gateway","sub":"u{i}","exp":4000000000}}"#
+                ));
+                format!("{header}.{claims}.{}", b64.encode([i as u8; 256]))
+            }
+            1 => format!("{signed_part}.{}", b64.encode((i as u32).to_be_bytes().repeat(64))),
+            _ => issuer.token(&format!("random-{i}"), &["staff"]),
+        })
+        .collect();
+    let tokens = Arc::new(tokens);
+    let (addr, body) = (gw.addr, "content=record&format=json");
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let tokens = tokens.clone();
+            let valid = valid.clone();
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+                let mut buf = vec![0u8; 65536];
+                for (i, t) in tokens.iter().enumerate().skip(w).step_by(8) {
+                    // Every 500th request is the valid user's, which must keep working.
+                    let t = if i % 500 == w { &valid } else { t };
+                    let req = format!(
+                        "POST /p/demo/api/ HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {t}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    s.write_all(req.as_bytes()).await.unwrap();
+                    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                        .await
+                        .expect("answered")
+                        .unwrap();
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    let status: u16 = text[9..12].parse().unwrap();
+                    if std::ptr::eq(t, &valid) {
+                        assert_eq!(status, 200, "the valid user: {text}");
+                    }
+                    *statuses.entry(status).or_default() += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for w in workers {
+        for (k, v) in w.await.unwrap() {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    let grown = gw.rss_kb().saturating_sub(before);
+    let fetched = fetches.load(std::sync::atomic::Ordering::Relaxed) - fetched_at_start;
+    eprintln!("{N} random JWTs: {statuses:?}, RSS +{grown} kB, {fetched} JWKS fetches");
+    assert_eq!(statuses.values().sum::<usize>(), N);
+    assert!(
+        statuses.get(&401).copied().unwrap_or(0) >= N / 2,
+        "{statuses:?}"
+    );
+    // Unknown key ids do make the gateway look for new keys, once per cooldown (2 s).
+    let cooldowns = started.elapsed().as_secs() as usize / 2;
+    assert!(
+        (1..=cooldowns + 2).contains(&fetched),
+        "{fetched} JWKS fetches in {cooldowns} cooldowns"
+    );
+    assert!(grown < 64 << 10, "RSS +{grown} kB");
 }

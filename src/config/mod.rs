@@ -136,6 +136,11 @@ pub struct UpstreamConfig {
     /// Time until REDCap starts answering (large exports stream after that).
     #[serde(default = "default_request_timeout")]
     pub request_timeout: Dur,
+    /// Longest REDCap may go without sending a byte once its answer has begun; then the
+    /// caller's transfer is cut off with an error (a stalled REDCap would hold the
+    /// connection and its place under the caps for ever).
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout: Dur,
     #[serde(default = "default_pool_idle")]
     pub pool_idle_timeout: Dur,
     #[serde(default = "default_pool_max_idle")]
@@ -150,6 +155,9 @@ fn default_connect_timeout() -> Dur {
 }
 fn default_request_timeout() -> Dur {
     Dur(Duration::from_secs(300))
+}
+fn default_body_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(120))
 }
 fn default_pool_idle() -> Dur {
     Dur(Duration::from_secs(60))

@@ -130,3 +130,40 @@ impl Step for Authenticate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&[u8]]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    /// The one Bearer header's token, or why there is none.
+    #[test]
+    fn the_bearer_token_of_one_header() {
+        let token = |values: &[&[u8]]| bearer_token(&headers(values)).map(str::to_string);
+        assert_eq!(token(&[b"Bearer a.b.c"]).unwrap(), "a.b.c");
+        // RFC 9110 11.1: the scheme is case-insensitive; spaces around the token go.
+        assert_eq!(token(&[b"bEaReR  a.b.c "]).unwrap(), "a.b.c");
+        assert!(matches!(token(&[]), Err(AuthError::Missing)));
+        assert!(matches!(
+            token(&[b"Bearer a.b.c", b"Bearer a.b.c"]),
+            Err(AuthError::Duplicate)
+        ));
+        assert!(matches!(token(&[b"Basic dTpw"]), Err(AuthError::BadScheme)));
+        assert!(matches!(token(&[b"Bearer"]), Err(AuthError::BadScheme)));
+        assert!(matches!(
+            token(&[b"Bearer \xff\xfe"]),
+            Err(AuthError::Malformed)
+        ));
+        assert!(matches!(
+            token(&["Bearer é".as_bytes()]),
+            Err(AuthError::Malformed)
+        ));
+    }
+}

@@ -74,6 +74,8 @@ pub struct Forward {
     /// The `Host` header for the API's URL.
     host: HeaderValue,
     timeout: Duration,
+    /// Longest REDCap may pause once its answer has begun (`IdleLimited`).
+    body_idle: Duration,
     metrics: Arc<crate::telemetry::Metrics>,
 }
 
@@ -97,6 +99,7 @@ impl Forward {
         upstream: Upstream,
         api: &Uri,
         timeout: Duration,
+        body_idle: Duration,
         metrics: Arc<crate::telemetry::Metrics>,
     ) -> Self {
         let path = api
@@ -107,6 +110,7 @@ impl Forward {
             host: host_header(api),
             path,
             timeout,
+            body_idle,
             metrics,
         }
     }
@@ -152,13 +156,81 @@ impl Handler for Forward {
             if let Some(ctx) = &ctx {
                 let _ = ctx.upstream_status.set(resp.status().as_u16());
             }
+            if resp.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                tracing::error!(
+                    "REDCap answered 429: its per-IP rate limit was reached, and it bans the \
+                     gateway's address for every user; keep rate_limit.upstream below it"
+                );
+                return Err(GatewayError::UpstreamRateLimited);
+            }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, &[]);
-            Ok(Resp::from_parts(
-                parts,
-                boxed::<crate::upstream::PooledBody>(body),
-            ))
+            let body = IdleLimited {
+                inner: body,
+                idle: this.body_idle,
+                last: std::time::Instant::now(),
+                sleep: None,
+            };
+            Ok(Resp::from_parts(parts, boxed(body)))
         }
+    }
+}
+
+/// REDCap's answer, cut off with an error when no byte has come for `idle` once it has
+/// begun. The timer is armed only when REDCap keeps the body waiting (a small answer that
+/// comes whole never arms it), and reset lazily: a frame just notes the time.
+struct IdleLimited {
+    inner: crate::upstream::PooledBody,
+    idle: Duration,
+    last: std::time::Instant,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("REDCap sent nothing for {0:?} in the middle of its answer: cut off")]
+struct Stalled(Duration);
+
+impl http_body::Body for IdleLimited {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<Self::Data>, Self::Error>>>
+    {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.last = std::time::Instant::now();
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::from_std(this.last + this.idle);
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        tracing::warn!(idle = ?this.idle, "REDCap stalled mid-answer; transfer cut off");
+                        Poll::Ready(Some(Err(Box::new(Stalled(this.idle)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

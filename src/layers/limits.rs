@@ -84,3 +84,58 @@ impl<S: Handler> Handler for Limits<S> {
         self.next.handle(req).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::empty;
+
+    /// Keeps the request's context in its response, as the observe layer's guard does
+    /// (the permit lives as long as the response).
+    struct KeepContext;
+
+    impl Handler for KeepContext {
+        async fn handle(&self, mut req: Req) -> Result<Resp> {
+            let mut resp = Resp::new(empty());
+            resp.extensions_mut().insert(RequestContext::of(&mut req));
+            Ok(resp)
+        }
+    }
+
+    fn call(limits: &Limits<KeepContext>, header: usize) -> Result<Resp> {
+        let req = http::Request::post("/p/demo/api/")
+            .header("x-pad", "a".repeat(header))
+            .body(empty())
+            .unwrap();
+        futures_util::FutureExt::now_or_never(limits.handle(req)).unwrap()
+    }
+
+    #[test]
+    fn draining_head_size_and_the_in_flight_cap() {
+        let draining = Arc::new(AtomicBool::new(false));
+        let layer = LimitsLayer::new(Arc::new(Semaphore::new(1)), draining.clone(), 1024);
+        let limits = layer.layer(KeepContext);
+
+        let first = call(&limits, 10).unwrap();
+        // The one permit is held by the first response until it is dropped.
+        assert!(matches!(call(&limits, 10), Err(GatewayError::Overloaded)));
+        drop(first);
+        let again = call(&limits, 10).unwrap();
+        drop(again);
+
+        // The head as sent: just under and just over the limit.
+        let empty_pad = http::Request::post("/p/demo/api/")
+            .header("x-pad", "")
+            .body(empty())
+            .unwrap();
+        let under = 1024 - head_size(&empty_pad);
+        assert!(call(&limits, under).is_ok());
+        assert!(matches!(
+            call(&limits, under + 1),
+            Err(GatewayError::HeaderTooLarge(1024))
+        ));
+
+        draining.store(true, Ordering::Relaxed);
+        assert!(matches!(call(&limits, 10), Err(GatewayError::ShuttingDown)));
+    }
+}

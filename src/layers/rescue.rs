@@ -59,6 +59,10 @@ pub fn error_response(err: &GatewayError, format: ReturnFormat) -> Resp {
         } => {
             h.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
+        // REDCap sends none; its ban lasts minutes, and a retry at once prolongs it.
+        GatewayError::UpstreamRateLimited => {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("60"));
+        }
         _ => {}
     }
     resp
@@ -112,6 +116,7 @@ mod tests {
             (GatewayError::ShuttingDown, 503),
             (GatewayError::UpstreamUnreachable, 502),
             (GatewayError::UpstreamTimeout, 504),
+            (GatewayError::UpstreamRateLimited, 429),
             (GatewayError::AuditUnavailable, 503),
             (GatewayError::TokenStoreUnavailable, 503),
             (

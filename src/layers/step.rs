@@ -110,3 +110,66 @@ impl<H: Handler> Service<Req> for Pipeline<H> {
         Box::pin(async move { chain.handle(req).await })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::empty;
+
+    /// Appends its name to the request's `x-trace` header, or refuses.
+    #[derive(Clone)]
+    struct Mark(&'static str, bool);
+
+    impl Step for Mark {
+        async fn apply(&self, mut req: Req) -> Result<Req> {
+            if !self.1 {
+                return Err(GatewayError::Forbidden(self.0.into()));
+            }
+            let trace = req
+                .headers()
+                .get("x-trace")
+                .map(|v| format!("{} {}", v.to_str().unwrap(), self.0))
+                .unwrap_or_else(|| self.0.to_string());
+            req.headers_mut()
+                .insert("x-trace", http::HeaderValue::from_str(&trace).unwrap());
+            Ok(req)
+        }
+    }
+
+    /// Answers with the trace the steps left.
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn handle(&self, req: Req) -> Result<Resp> {
+            let mut resp = Resp::new(empty());
+            if let Some(t) = req.headers().get("x-trace") {
+                resp.headers_mut().insert("x-trace", t.clone());
+            }
+            Ok(resp)
+        }
+    }
+
+    fn run(chain: impl Handler) -> Result<Resp> {
+        let req = http::Request::new(empty());
+        futures_util::FutureExt::now_or_never(Pipeline::serve_owned(Arc::new(chain), req))
+            .unwrap()
+            .map_err(|never| match never {})
+    }
+
+    /// Steps run outermost first, each once; the first refusal ends the chain, and the
+    /// pipeline answers it in REDCap's shape rather than failing.
+    #[test]
+    fn steps_run_in_order_and_the_first_refusal_ends_the_chain() {
+        let layers = |second_allows| {
+            StepLayer(Mark("route", true)).layer(
+                StepLayer(Mark("auth", second_allows))
+                    .layer(StepLayer(Mark("policy", true)).layer(Echo)),
+            )
+        };
+        let resp = run(layers(true)).unwrap();
+        assert_eq!(resp.headers()["x-trace"], "route auth policy");
+        let refused = run(layers(false)).unwrap();
+        assert_eq!(refused.status(), http::StatusCode::FORBIDDEN);
+        assert!(refused.headers().get("x-trace").is_none());
+    }
+}
