@@ -32,6 +32,8 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Connections closed because no request began within `server.header_read_timeout`.
     pub header_timeouts: IntCounter,
+    /// REDCap's 429 answers: its per-IP ban of the gateway's address.
+    pub upstream_banned: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -141,6 +143,11 @@ impl Metrics {
             "Client connections closed because no request began within server.header_read_timeout",
         )?;
         registry.register(Box::new(header_timeouts.clone()))?;
+        let upstream_banned = IntCounter::new(
+            "redcap_gateway_upstream_banned_total",
+            "Calls REDCap answered 429: its per-IP rate limit banned the gateway's address, for every user",
+        )?;
+        registry.register(Box::new(upstream_banned.clone()))?;
         registry.register(Box::new(metadata_refreshes.clone()))?;
         registry.register(Box::new(metadata_fetched.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -174,6 +181,7 @@ impl Metrics {
             lingering_closes,
             connections_refused,
             header_timeouts,
+            upstream_banned,
         })
     }
 

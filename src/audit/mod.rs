@@ -457,6 +457,57 @@ impl Audit {
         }
     }
 
+    /// Writes a final record before its response's last byte goes out (the observe
+    /// layer holds that byte back until this is done), so a crash (SIGKILL, the OOM
+    /// killer) right after a caller got an answer cannot lose the record of it: into a
+    /// regular file the calling thread writes it itself (one `write` into the page cache,
+    /// as for intents) when the writer thread is not writing at that moment; otherwise
+    /// the writer thread writes it, woken at once, and the returned receiver says when.
+    pub fn record_before_answer(
+        &self,
+        r: &Record<'_>,
+    ) -> Option<oneshot::Receiver<Result<(), String>>> {
+        let line = Self::line(r);
+        if self.log.inline_intents {
+            if let Some(mut chain) = self.log.try_lock() {
+                // A failure is counted and logged, and the log marked unhealthy; the
+                // answer still goes (the caller already has all but its last bytes).
+                let _ = self
+                    .log
+                    .append(&mut chain, std::iter::once(line.as_str()), false);
+                return None;
+            }
+        }
+        let (ack, done) = oneshot::channel();
+        match self.tx.try_send(Msg::Write {
+            line,
+            ack: Some(ack),
+        }) {
+            Ok(()) => {
+                self.writer.unpark();
+                Some(done)
+            }
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                self.writer.unpark();
+                let tx = self.tx.clone();
+                if let Ok(h) = tokio::runtime::Handle::try_current() {
+                    h.spawn(async move {
+                        let _ = tx.send(msg).await;
+                    });
+                    Some(done)
+                } else {
+                    let _ = tx.blocking_send(msg);
+                    Some(done)
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.writes_failed.inc();
+                tracing::error!("audit writer stopped; a record was lost");
+                None
+            }
+        }
+    }
+
     /// Queues a final record. Never blocks and never drops: when the queue is full the
     /// record waits on a task (the queue is bounded; backpressure, not loss).
     pub fn record(&self, r: &Record<'_>) {

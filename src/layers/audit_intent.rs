@@ -49,3 +49,73 @@ impl Step for AuditIntent {
         Ok(req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AuditConfig, AuditSink};
+    use crate::redcap::php_form::{parse_urlencoded, PhpLimits};
+
+    fn request(body: &str) -> Req {
+        let call = RedcapCall::from_form(
+            &parse_urlencoded(body.as_bytes(), PhpLimits::default()).unwrap(),
+        )
+        .unwrap();
+        let mut req = http::Request::new(crate::body::empty());
+        req.extensions_mut().insert(Arc::new(call));
+        let ctx = RequestContext::of(&mut req);
+        let _ = ctx.request_id.set("r-1".into());
+        req
+    }
+
+    fn audit(path: &std::path::Path, reads: WhenAuditFails) -> Arc<Audit> {
+        Audit::start(&AuditConfig {
+            sink: AuditSink::File,
+            path: Some(path.to_path_buf()),
+            on_failure_reads: reads,
+            ..AuditConfig::default()
+        })
+        .unwrap()
+    }
+
+    /// A change passes only once its intent is in the log; a read writes none. When the
+    /// log cannot be written, changes are refused, and reads as configured.
+    #[tokio::test]
+    async fn a_change_passes_only_after_its_intent_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let step = AuditIntent {
+            audit: audit(&path, WhenAuditFails::Refuse),
+        };
+        let intents = || {
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .matches("\"phase\":\"intent\"")
+                .count()
+        };
+        step.apply(request("content=record&format=json"))
+            .await
+            .unwrap();
+        assert_eq!(intents(), 0, "a read writes no intent");
+        step.apply(request("content=record&action=import&format=json&data=[]"))
+            .await
+            .unwrap();
+        assert_eq!(intents(), 1, "written before the change goes on");
+
+        // /dev/full takes no write: the log turns unhealthy.
+        for (reads, read_passes) in [
+            (WhenAuditFails::Refuse, false),
+            (WhenAuditFails::Serve, true),
+        ] {
+            let step = AuditIntent {
+                audit: audit(std::path::Path::new("/dev/full"), reads),
+            };
+            let change = step
+                .apply(request("content=record&action=import&format=json&data=[]"))
+                .await;
+            assert!(matches!(change, Err(GatewayError::AuditUnavailable)));
+            let read = step.apply(request("content=record&format=json")).await;
+            assert_eq!(read.is_ok(), read_passes, "{reads:?}");
+        }
+    }
+}

@@ -157,6 +157,7 @@ impl Handler for Forward {
                 let _ = ctx.upstream_status.set(resp.status().as_u16());
             }
             if resp.status() == http::StatusCode::TOO_MANY_REQUESTS {
+                this.metrics.upstream_banned.inc();
                 tracing::error!(
                     "REDCap answered 429: its per-IP rate limit was reached, and it bans the \
                      gateway's address for every user; keep rate_limit.upstream below it"
