@@ -50,36 +50,99 @@ fn checked(config: Config) -> Result<Config, ConfigError> {
     }
 }
 
-/// What the config's values mean to the parts built from them.
+/// What the config's values mean to the parts built from them: the same code as the
+/// build, so `check-config` and `serve` name the same problems in the same words.
 fn runtime_problems(config: &Config) -> Vec<String> {
-    let mut errs = Vec::new();
-    for (i, iss) in config.auth.issuers.iter().enumerate() {
-        for alg in &iss.algorithms {
-            if let Err(e) = crate::auth::jwt::parse_allowed_algorithm(alg) {
-                errs.push(format!("auth.issuers[{i}]: {e}"));
-            }
-        }
-    }
-    for (name, p) in &config.projects {
-        let at = format!("projects.{name}");
-        // The token is read here too, so one run reports every problem.
-        if let Err(e) = TokenSource::parse(&p.token).and_then(|s| s.read(name)) {
-            errs.push(format!("{at}.token: {e}"));
-        }
-        if let Err(e) =
-            crate::policy::users::UserRules::compile(&p.user_rules, p.token_owner.as_deref())
-        {
-            errs.push(format!("{at}.user_rules: {e}"));
-        }
-        for (i, g) in p.grants.iter().enumerate() {
-            for a in &g.allow {
-                if let Err(e) = crate::policy::Permission::parse(a) {
-                    errs.push(format!("{at}.grants[{i}]: {e}"));
+    Parts::build(config, &[], true).err().unwrap_or_default()
+}
+
+/// The runtime parts made from a config's values. Local work only (token files, the TLS
+/// roots): nothing is fetched, no file is opened for writing and no thread started, so
+/// `check-config` builds them too.
+struct Parts {
+    client: ClientHandle,
+    api: Uri,
+    upstream: crate::upstream::Target,
+    /// Empty when the caller keeps its verifier (same `[auth]`).
+    issuers: Vec<Arc<Issuer>>,
+    vault: Vault,
+    personal: Option<Arc<PersonalTokens>>,
+    policies: HashMap<String, ProjectPolicy>,
+}
+
+impl Parts {
+    /// Every problem at once. `extra`: issuers made in code (the dev issuer).
+    fn build(
+        config: &Config,
+        extra: &[Arc<Issuer>],
+        with_issuers: bool,
+    ) -> Result<Parts, Vec<String>> {
+        let mut errs = Vec::new();
+        let up = &config.upstream;
+        let options = crate::http_client::ClientOptions::of(up);
+        let client = ClientHandle::new(&options)
+            .map_err(|e| errs.push(format!("upstream: {e}")))
+            .ok();
+        let api = api_uri(&up.url).map_err(|e| errs.push(e)).ok();
+        let upstream = match (&client, &api) {
+            (Some(c), Some(a)) => crate::upstream::Target::new(a, c.tls(), &options)
+                .map_err(|e| errs.push(format!("upstream.url: {e}")))
+                .ok(),
+            _ => None,
+        };
+        let mut issuers = Vec::new();
+        if with_issuers {
+            issuers.extend(extra.iter().cloned());
+            for (i, cfg) in config.auth.issuers.iter().enumerate() {
+                match Issuer::new(cfg, client.clone()) {
+                    Ok(iss) => issuers.push(Arc::new(iss)),
+                    Err(e) => errs.push(format!("auth.issuers[{i}]: {e}")),
                 }
             }
         }
+        let sources = config
+            .projects
+            .iter()
+            .filter_map(|(name, p)| match TokenSource::parse(&p.token) {
+                Ok(s) => Some((name.clone(), s)),
+                Err(e) => {
+                    errs.push(format!("projects.{name}.token: {e}"));
+                    None
+                }
+            })
+            .collect::<Vec<_>>();
+        let vault = Vault::load(sources).map_err(|e| errs.extend(e)).ok();
+        let personal = match &config.personal_tokens {
+            Some(pt) => PersonalTokens::load(pt)
+                .map(Arc::new)
+                .map_err(|e| errs.push(format!("personal_tokens.file: {e}")))
+                .ok(),
+            None => None,
+        };
+        let mut policies = HashMap::new();
+        for (name, p) in &config.projects {
+            match ProjectPolicy::from_config(p) {
+                Ok(pp) => {
+                    policies.insert(name.clone(), pp);
+                }
+                Err(e) => errs.extend(e.into_iter().map(|e| format!("projects.{name}.{e}"))),
+            }
+        }
+        match (client, api, upstream, vault) {
+            (Some(client), Some(api), Some(upstream), Some(vault)) if errs.is_empty() => {
+                Ok(Parts {
+                    client,
+                    api,
+                    upstream,
+                    issuers,
+                    vault,
+                    personal,
+                    policies,
+                })
+            }
+            _ => Err(errs),
+        }
     }
-    errs
 }
 
 #[derive(Clone, Copy)]
@@ -182,68 +245,11 @@ impl Gateway {
         carry: Option<&Gateway>,
     ) -> Result<Gateway, Vec<String>> {
         let mut errs = Vec::new();
-        let up = &config.upstream;
-        let client = ClientHandle::new(&crate::http_client::ClientOptions::of(up));
-        let client = match client {
-            Ok(c) => Some(c),
-            Err(e) => {
-                errs.push(format!("upstream: {e}"));
-                None
-            }
-        };
-        let api = api_uri(&up.url).map_err(|e| errs.push(e)).ok();
-        let upstream = match (&client, &api) {
-            (Some(c), Some(a)) => {
-                crate::upstream::Target::new(a, c.tls(), &crate::http_client::ClientOptions::of(up))
-                    .map_err(|e| errs.push(format!("upstream.url: {e}")))
-                    .ok()
-            }
-            _ => None,
-        };
-
         // Same issuers: keep the verifier, its keys, its cache and its refreshes.
         let same_auth = carry.filter(|c| c.config.auth == config.auth);
-        let mut issuers = Vec::new();
-        if same_auth.is_none() {
-            issuers.extend(extra.iter().cloned());
-            for (i, cfg) in config.auth.issuers.iter().enumerate() {
-                match Issuer::new(cfg, client.clone()) {
-                    Ok(iss) => issuers.push(Arc::new(iss)),
-                    Err(e) => errs.push(format!("auth.issuers[{i}]: {e}")),
-                }
-            }
-        }
-        let sources = config
-            .projects
-            .iter()
-            .filter_map(|(name, p)| match TokenSource::parse(&p.token) {
-                Ok(s) => Some((name.clone(), s)),
-                Err(e) => {
-                    errs.push(format!("projects.{name}.token: {e}"));
-                    None
-                }
-            })
-            .collect::<Vec<_>>();
-        let vault = Vault::load(sources).map_err(|e| errs.extend(e)).ok();
-        let personal = match &config.personal_tokens {
-            Some(pt) => match PersonalTokens::load(pt) {
-                Ok(p) => Some(Arc::new(p)),
-                Err(e) => {
-                    errs.push(format!("personal_tokens.file: {e}"));
-                    None
-                }
-            },
-            None => None,
-        };
-        let mut policies = HashMap::new();
-        for (name, p) in &config.projects {
-            match ProjectPolicy::from_config(p) {
-                Ok(pp) => {
-                    policies.insert(name.clone(), pp);
-                }
-                Err(e) => errs.push(format!("projects.{name}.grants: {e}")),
-            }
-        }
+        let parts = Parts::build(&config, &extra, same_auth.is_none())
+            .map_err(|e| errs.extend(e))
+            .ok();
         let (metrics, audit) = match carry {
             Some(c) => (Some(c.metrics.clone()), Some(c.audit.clone())),
             None => {
@@ -260,26 +266,20 @@ impl Gateway {
                 (metrics.map(Arc::new), audit)
             }
         };
-        let (
-            Some(client),
-            Some(api),
-            Some(upstream),
-            Some(vault),
-            Some(metrics),
-            Some(audit),
-            true,
-        ) = (
-            client,
-            api,
-            upstream,
-            vault,
-            metrics,
-            audit,
-            errs.is_empty(),
-        )
+        let (Some(parts), Some(metrics), Some(audit), true) =
+            (parts, metrics, audit, errs.is_empty())
         else {
             return Err(errs);
         };
+        let Parts {
+            client,
+            api,
+            upstream,
+            issuers,
+            vault,
+            personal,
+            policies,
+        } = parts;
         let limits_rt = match carry.filter(|c| c.config.rate_limit == config.rate_limit) {
             Some(c) => c.limits_rt.clone(),
             None => Arc::new(

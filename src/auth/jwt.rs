@@ -154,13 +154,37 @@ pub struct Issuer {
     counted: std::sync::OnceLock<prometheus::IntCounterVec>,
 }
 
+/// An issuer's algorithms; every one not allowed is named at once.
+fn allowed_algorithms(cfg: &IssuerConfig) -> Result<Vec<Algorithm>, String> {
+    let (algorithms, refused): (Vec<_>, Vec<_>) = cfg
+        .algorithms
+        .iter()
+        .map(|a| parse_allowed_algorithm(a))
+        .partition(Result::is_ok);
+    if refused.is_empty() {
+        Ok(algorithms.into_iter().filter_map(Result::ok).collect())
+    } else {
+        Err(refused
+            .into_iter()
+            .filter_map(Result::err)
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+}
+
 impl Issuer {
     pub fn new(cfg: &IssuerConfig, client: Option<HttpClient>) -> Result<Issuer, String> {
         let source = match (&cfg.jwks_url, &cfg.jwks_file, cfg.discovery) {
             (Some(u), None, false) => JwksSource::Url(u.clone()),
             (None, Some(f), false) => JwksSource::File(f.clone()),
             (None, None, true) => JwksSource::Discovery,
-            _ => return Err("set exactly one of jwks_url, jwks_file and discovery".into()),
+            _ => {
+                // The algorithms' problems too, so that one run names every problem.
+                let mut e =
+                    vec!["set exactly one of jwks_url, jwks_file and discovery".to_string()];
+                e.extend(allowed_algorithms(cfg).err());
+                return Err(e.join("; "));
+            }
         };
         Self::with_source(cfg, source, client)
     }
@@ -170,11 +194,7 @@ impl Issuer {
         source: JwksSource,
         client: Option<HttpClient>,
     ) -> Result<Issuer, String> {
-        let algorithms = cfg
-            .algorithms
-            .iter()
-            .map(|a| parse_allowed_algorithm(a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let algorithms = allowed_algorithms(cfg)?;
         let keys = match &source {
             JwksSource::Static(set) => KeySet::from_jwks(set),
             _ => KeySet::default(),

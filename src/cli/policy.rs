@@ -46,7 +46,7 @@ pub fn policy_command(cmd: PolicyCommand) -> Result<bool, String> {
         .projects
         .get(&project)
         .ok_or_else(|| format!("unknown project {project:?}"))?;
-    let policy = ProjectPolicy::from_config(p)?;
+    let policy = ProjectPolicy::from_config(p).map_err(|e| e.join("\n"))?;
     let limits = PhpLimits {
         max_input_vars: c.limits.max_input_vars,
         max_input_nesting_level: c.limits.max_input_nesting_level,

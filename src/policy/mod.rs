@@ -184,10 +184,12 @@ pub struct ProjectPolicy {
 
 impl ProjectPolicy {
     pub fn compile(grants: &[GrantConfig]) -> Result<ProjectPolicy, String> {
-        Self::compile_with(grants, &Default::default(), None)
+        Self::compile_with(grants, &Default::default(), None).map_err(|e| e.join("\n"))
     }
 
-    pub fn from_config(p: &ProjectConfig) -> Result<ProjectPolicy, String> {
+    /// A project's policy; every problem at once, each named by where it is in the
+    /// project's section (`grants[1]: ...`, `user_rules: ...`).
+    pub fn from_config(p: &ProjectConfig) -> Result<ProjectPolicy, Vec<String>> {
         Self::compile_with(&p.grants, &p.user_rules, p.token_owner.as_deref())
     }
 
@@ -195,12 +197,16 @@ impl ProjectPolicy {
         grants: &[GrantConfig],
         rules: &crate::config::UserRulesConfig,
         token_owner: Option<&str>,
-    ) -> Result<ProjectPolicy, String> {
+    ) -> Result<ProjectPolicy, Vec<String>> {
+        let mut errs = Vec::new();
         let mut out = Vec::new();
-        for g in grants {
+        for (i, g) in grants.iter().enumerate() {
             let mut permissions = Vec::new();
             for a in &g.allow {
-                permissions.extend(Permission::parse(a)?);
+                match Permission::parse(a) {
+                    Ok(p) => permissions.extend(p),
+                    Err(e) => errs.push(format!("grants[{i}]: {e}")),
+                }
             }
             out.push(Grant {
                 groups: g.groups.clone(),
@@ -214,12 +220,18 @@ impl ProjectPolicy {
                     .map(|d| Arc::new(d.iter().cloned().collect())),
             });
         }
-        Ok(ProjectPolicy {
-            all_full: out.iter().all(|g| g.export.is_full()),
-            any_dags: out.iter().any(|g| g.dags.is_some()),
-            grants: out,
-            users: UserRules::compile(rules, token_owner)?,
-        })
+        let users = UserRules::compile(rules, token_owner)
+            .map_err(|e| errs.push(format!("user_rules: {e}")))
+            .ok();
+        match users {
+            Some(users) if errs.is_empty() => Ok(ProjectPolicy {
+                all_full: out.iter().all(|g| g.export.is_full()),
+                any_dags: out.iter().any(|g| g.dags.is_some()),
+                grants: out,
+                users,
+            }),
+            _ => Err(errs),
+        }
     }
 
     /// The caller's export rights: per instrument the widest of the grants naming them
