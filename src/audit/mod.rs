@@ -479,44 +479,29 @@ impl Audit {
             }
         }
         let (ack, done) = oneshot::channel();
-        match self.tx.try_send(Msg::Write {
+        let queued = self.enqueue(Msg::Write {
             line,
             ack: Some(ack),
-        }) {
-            Ok(()) => {
-                self.writer.unpark();
-                Some(done)
-            }
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                self.writer.unpark();
-                let tx = self.tx.clone();
-                if let Ok(h) = tokio::runtime::Handle::try_current() {
-                    h.spawn(async move {
-                        let _ = tx.send(msg).await;
-                    });
-                    Some(done)
-                } else {
-                    let _ = tx.blocking_send(msg);
-                    Some(done)
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.writes_failed.inc();
-                tracing::error!("audit writer stopped; a record was lost");
-                None
-            }
-        }
+        });
+        self.writer.unpark();
+        queued.then_some(done)
     }
 
     /// Queues a final record. Never blocks and never drops: when the queue is full the
     /// record waits on a task (the queue is bounded; backpressure, not loss).
     pub fn record(&self, r: &Record<'_>) {
-        let msg = Msg::Write {
+        self.enqueue(Msg::Write {
             line: Self::line(r),
             ack: None,
-        };
+        });
+    }
+
+    /// Queues a message for the writer thread. Never blocks and never drops: when the
+    /// queue is full the message waits on a task (backpressure, not loss). False only
+    /// when the writer has stopped (counted and logged: the record is lost).
+    fn enqueue(&self, msg: Msg) -> bool {
         match self.tx.try_send(msg) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 self.writer.unpark();
                 let tx = self.tx.clone();
@@ -527,10 +512,12 @@ impl Audit {
                 } else {
                     let _ = tx.blocking_send(msg);
                 }
+                true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.writes_failed.inc();
                 tracing::error!("audit writer stopped; a record was lost");
+                false
             }
         }
     }
