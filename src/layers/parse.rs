@@ -193,3 +193,81 @@ pub fn with_post<T>(
         })
         .ok_or_else(|| GatewayError::BadRequest("the request body was not parsed".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step() -> Parse {
+        Parse {
+            limits: ParseLimits {
+                php: PhpLimits::default(),
+                max_urlencoded: 1024,
+                max_multipart: 4096,
+                max_multipart_field: 1024,
+                body_timeout: Duration::from_secs(5),
+            },
+        }
+    }
+
+    fn request(content_type: Option<&str>, body: &str) -> Req {
+        let mut b = http::Request::post("/p/demo/api/").header(CONTENT_LENGTH, body.len());
+        if let Some(ct) = content_type {
+            b = b.header(CONTENT_TYPE, ct);
+        }
+        let mut req = b.body(crate::body::full(body.to_string())).unwrap();
+        RequestContext::of(&mut req);
+        req
+    }
+
+    async fn apply(content_type: Option<&str>, body: &str) -> Result<Req> {
+        step().apply(request(content_type, body)).await
+    }
+
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+    /// A form body becomes the call (and its summary, and the format errors are answered
+    /// in); the body stays for the vault step. Wrong types, sizes and calls are refused
+    /// with the status REDCap's clients expect.
+    #[tokio::test]
+    async fn a_form_body_becomes_a_call_or_a_clear_refusal() {
+        let req = apply(FORM, "content=record&format=csv&returnFormat=csv")
+            .await
+            .unwrap();
+        let call = req.extensions().get::<Arc<RedcapCall>>().unwrap();
+        assert_eq!(call.content, "record");
+        let ctx = req.extensions().get::<Arc<RequestContext>>().unwrap();
+        assert_eq!(ctx.call.get().unwrap().content, "record");
+        assert_eq!(ctx.bytes_in.get(), Some(&42));
+        assert_eq!(ctx.error_format().as_str(), "csv");
+        let post = with_post(&req, |p| p.len()).unwrap();
+        assert_eq!(post, 3);
+
+        assert!(matches!(
+            apply(None, "content=record").await,
+            Err(GatewayError::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            apply(Some("application/json"), "{}").await,
+            Err(GatewayError::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            apply(Some("multipart/form-data"), "x").await,
+            Err(GatewayError::BadRequest(_))
+        ));
+        let big = format!("content=record&data={}", "a".repeat(1100));
+        assert!(matches!(
+            apply(FORM, &big).await,
+            Err(GatewayError::PayloadTooLarge(1024))
+        ));
+        // No `content`: REDCap's own refusal, in the format the body asked for.
+        let req = request(FORM, "format=json&returnFormat=xml");
+        let ctx = req
+            .extensions()
+            .get::<Arc<RequestContext>>()
+            .unwrap()
+            .clone();
+        assert!(step().apply(req).await.is_err());
+        assert_eq!(ctx.error_format().as_str(), "xml");
+    }
+}
