@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -31,7 +31,7 @@ use tracing::Level;
 use crate::body::{full, Body};
 use crate::reload::Live;
 
-/// The longest an admin answer may take.
+/// The longest an admin answer may take, and a client may take to send its request head.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// The Prometheus text exposition format.
@@ -51,7 +51,11 @@ pub async fn run(
         };
         let svc = TowerToHyperService::new(service(live.clone()));
         tokio::spawn(async move {
+            // HTTP/1.1 only, so hyper's header timer runs from the connection's start: a
+            // client that sends nothing, or a head slowly, is closed after it.
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ANSWER_WITHIN)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
