@@ -374,4 +374,89 @@ mod tests {
             assert_eq!(finals(), n + 1, "written once");
         }
     }
+
+    /// A body of `chunks` that tells its exact length (or not) but never says it has
+    /// ended until polled past its last frame: the observe layer must find the last frame
+    /// by the length alone.
+    struct Chunks {
+        chunks: std::collections::VecDeque<Bytes>,
+        exact: Option<u64>,
+    }
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            self.exact.map_or_else(
+                http_body::SizeHint::default,
+                http_body::SizeHint::with_exact,
+            )
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the chunks and whether the length is known: the caller gets exactly
+        /// the body's bytes, the final record is in the log before the frame that ends
+        /// the answer (or its end) is released, it says how many bytes went out, and it
+        /// is written once.
+        #[test]
+        fn the_record_precedes_the_end_of_any_answer(
+            chunks in proptest::collection::vec(proptest::collection::vec(0u8..255, 0..40), 0..12),
+            known_length in proptest::bool::ANY,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("audit.log");
+                let audit = Audit::start(&AuditConfig {
+                    sink: AuditSink::File,
+                    path: Some(path.clone()),
+                    ..AuditConfig::default()
+                })
+                .unwrap();
+                let layer = ObserveLayer::new(audit, Arc::new(Metrics::new().unwrap()));
+                let total: usize = chunks.iter().map(Vec::len).sum();
+                let body = Chunks {
+                    chunks: chunks.iter().map(|c| Bytes::from(c.clone())).collect(),
+                    exact: known_length.then_some(total as u64),
+                };
+                let observe = layer.layer(Answer(std::sync::Mutex::new(Some(Body::new(body)))));
+                let resp = observe.handle(http::Request::new(crate::body::empty())).await.unwrap();
+                let mut body = resp.into_body();
+                let finals = || {
+                    std::fs::read_to_string(&path)
+                        .unwrap_or_default()
+                        .matches("\"phase\":\"final\"")
+                        .count()
+                };
+                let mut got = Vec::new();
+                loop {
+                    // hyper stops once the body says it has ended.
+                    if http_body::Body::is_end_stream(&body) {
+                        break;
+                    }
+                    let Some(frame) = body.frame().await else { break };
+                    let data = frame.unwrap().into_data().unwrap();
+                    got.extend_from_slice(&data);
+                    if known_length && got.len() == total {
+                        // The caller now has the whole answer: the record is there.
+                        assert_eq!(finals(), 1, "the record before the last {} bytes", data.len());
+                    }
+                }
+                assert_eq!(got, chunks.concat());
+                assert_eq!(finals(), 1, "the record before the end");
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(text.contains(&format!("\"bytes_out\":{total},")), "{text}");
+                drop(body);
+                assert_eq!(finals(), 1, "written once");
+            });
+        }
+    }
 }
