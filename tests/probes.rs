@@ -555,7 +555,9 @@ async fn odd_but_unambiguous_requests_are_forwarded_as_one_clean_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_silent_clients_are_closed_and_others_served_meanwhile() {
     let (up, _rec) = Recorder::start().await;
-    let gw = Gateway::start(up, "header_read_timeout = \"1s\"", "").await;
+    // 2 s: long enough that a normal request served within the bounds below is told apart
+    // from one that waited for the slow ones to be cut off, on a loaded CI machine too.
+    let gw = Gateway::start(up, "header_read_timeout = \"2s\"", "").await;
     let start = Instant::now();
     let silent = TcpStream::connect(gw.addr).await.unwrap();
     let mut preface = TcpStream::connect(gw.addr).await.unwrap();
@@ -588,7 +590,7 @@ async fn slow_and_silent_clients_are_closed_and_others_served_meanwhile() {
     .await;
     assert_eq!(a.statuses(), vec![200], "{}", a.text);
     assert!(
-        t.elapsed() < Duration::from_millis(500),
+        t.elapsed() < Duration::from_millis(1500),
         "{:?}",
         t.elapsed()
     );
@@ -598,11 +600,11 @@ async fn slow_and_silent_clients_are_closed_and_others_served_meanwhile() {
         ("half a preface", preface),
         ("idle keep-alive", idle),
     ] {
-        let a = read_answer(&mut s, Duration::from_secs(4)).await;
+        let a = read_answer(&mut s, Duration::from_secs(6)).await;
         assert!(a.closed, "{name}: closed");
         let after = start.elapsed();
         assert!(
-            after < Duration::from_secs(4),
+            after < Duration::from_secs(6),
             "{name}: closed after {after:?}"
         );
         assert!(
@@ -611,13 +613,13 @@ async fn slow_and_silent_clients_are_closed_and_others_served_meanwhile() {
             a.text
         );
     }
-    let slow = tokio::time::timeout(Duration::from_secs(5), drip)
+    let slow = tokio::time::timeout(Duration::from_secs(8), drip)
         .await
         .expect("the slow head is cut off")
         .unwrap();
     assert!(slow.closed);
     assert!(
-        start.elapsed() < Duration::from_secs(5),
+        start.elapsed() < Duration::from_secs(8),
         "{:?}",
         start.elapsed()
     );
@@ -849,7 +851,7 @@ async fn thousands_of_idle_connections_are_capped_and_new_requests_are_served() 
     )
     .await;
     assert_eq!(a.statuses(), vec![200], "{}", a.text);
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     for s in idle.iter_mut().step_by(400) {
         s.write_all(request.as_bytes()).await.unwrap();
         let a = read_answer(s, Duration::from_millis(500)).await;
@@ -1210,7 +1212,7 @@ async fn upstream_faults_get_clear_answers_and_never_a_clean_short_200() {
         .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
     assert!(
-        t.elapsed() < Duration::from_millis(1000),
+        t.elapsed() < Duration::from_millis(1200),
         "{:?}",
         t.elapsed()
     );
