@@ -279,6 +279,16 @@ export = "full"
         )
     }
 
+    /// One well-formed export on a new connection that closes after it.
+    async fn ask_once(&self, quiet: Duration) -> Answer {
+        exchange(
+            self.addr,
+            self.request("Connection: close\r\n").as_bytes(),
+            quiet,
+        )
+        .await
+    }
+
     fn rss_kb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -582,12 +592,7 @@ async fn slow_and_silent_clients_are_closed_and_others_served_meanwhile() {
     // Meanwhile a normal request is served at once.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
-    let a = exchange(
-        gw.addr,
-        gw.request("Connection: close\r\n").as_bytes(),
-        Duration::from_secs(2),
-    )
-    .await;
+    let a = gw.ask_once(Duration::from_secs(2)).await;
     assert_eq!(a.statuses(), vec![200], "{}", a.text);
     assert!(
         t.elapsed() < Duration::from_millis(1500),
@@ -782,13 +787,7 @@ async fn thousands_of_idle_connections_are_capped_and_new_requests_are_served() 
         "max_concurrent_requests = 64",
     )
     .await;
-    let close = "Connection: close\r\n";
-    let warm = exchange(
-        gw.addr,
-        gw.request(close).as_bytes(),
-        Duration::from_secs(2),
-    )
-    .await;
+    let warm = gw.ask_once(Duration::from_secs(2)).await;
     assert_eq!(warm.statuses(), vec![200]);
     let before = gw.rss_kb();
     let mut idle = Vec::with_capacity(IDLE);
@@ -811,12 +810,7 @@ async fn thousands_of_idle_connections_are_capped_and_new_requests_are_served() 
     assert!(per < 64.0, "{per:.1} kB per idle connection");
 
     // One over the cap: refused at once, in REDCap's shape.
-    let over = exchange(
-        gw.addr,
-        gw.request(close).as_bytes(),
-        Duration::from_secs(2),
-    )
-    .await;
+    let over = gw.ask_once(Duration::from_secs(2)).await;
     assert_eq!(over.statuses(), vec![503], "{}", over.text);
     assert!(over.closed);
     assert!(
@@ -844,12 +838,7 @@ async fn thousands_of_idle_connections_are_capped_and_new_requests_are_served() 
     idle.truncate(IDLE - 10);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
-    let a = exchange(
-        gw.addr,
-        gw.request(close).as_bytes(),
-        Duration::from_secs(2),
-    )
-    .await;
+    let a = gw.ask_once(Duration::from_secs(2)).await;
     assert_eq!(a.statuses(), vec![200], "{}", a.text);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     for s in idle.iter_mut().step_by(400) {
@@ -1113,12 +1102,7 @@ async fn upstream_faults_get_clear_answers_and_never_a_clean_short_200() {
     let upstream_lines = "request_timeout = \"1s\"\nbody_idle_timeout = \"1s\"";
     let closed_port = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let gw = Gateway::start_with(closed_port, "", "", upstream_lines).await;
-    let a = exchange(
-        gw.addr,
-        gw.request("Connection: close\r\n").as_bytes(),
-        Duration::from_secs(3),
-    )
-    .await;
+    let a = gw.ask_once(Duration::from_secs(3)).await;
     assert_eq!(a.statuses(), vec![502], "refused: {}", a.text);
     assert!(redcap_error(&a), "{}", a.text);
     drop(gw);
@@ -1130,12 +1114,7 @@ async fn upstream_faults_get_clear_answers_and_never_a_clean_short_200() {
         (Fault::PlainTextBan, 429),
     ] {
         let gw = Gateway::start_with(faulty_upstream(fault).await, "", "", upstream_lines).await;
-        let a = exchange(
-            gw.addr,
-            gw.request("Connection: close\r\n").as_bytes(),
-            Duration::from_secs(3),
-        )
-        .await;
+        let a = gw.ask_once(Duration::from_secs(3)).await;
         assert_eq!(a.statuses(), vec![status], "{fault:?}: {}", a.text);
         assert!(redcap_error(&a), "{fault:?}: {}", a.text);
         if status == 429 {

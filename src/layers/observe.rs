@@ -313,6 +313,25 @@ mod tests {
     use crate::config::{AuditConfig, AuditSink};
     use http_body_util::BodyExt;
 
+    /// The observe layer over an audit log at `path`.
+    fn observing(path: &std::path::Path) -> ObserveLayer {
+        let audit = Audit::start(&AuditConfig {
+            sink: AuditSink::File,
+            path: Some(path.to_path_buf()),
+            ..AuditConfig::default()
+        })
+        .unwrap();
+        ObserveLayer::new(audit, Arc::new(Metrics::new().unwrap()))
+    }
+
+    /// How many final records the log at `path` holds.
+    fn finals_in(path: &std::path::Path) -> usize {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .matches("\"phase\":\"final\"")
+            .count()
+    }
+
     /// Answers with the body it is given.
     struct Answer(std::sync::Mutex<Option<Body>>);
 
@@ -329,19 +348,8 @@ mod tests {
     async fn the_record_is_written_before_the_answer_ends() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let audit = Audit::start(&AuditConfig {
-            sink: AuditSink::File,
-            path: Some(path.clone()),
-            ..AuditConfig::default()
-        })
-        .unwrap();
-        let layer = ObserveLayer::new(audit, Arc::new(Metrics::new().unwrap()));
-        let finals = || {
-            std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .matches("\"phase\":\"final\"")
-                .count()
-        };
+        let layer = observing(&path);
+        let finals = || finals_in(&path);
         let known_length = crate::body::full("hello");
         let unknown_length =
             Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
@@ -415,13 +423,7 @@ mod tests {
             rt.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let path = dir.path().join("audit.log");
-                let audit = Audit::start(&AuditConfig {
-                    sink: AuditSink::File,
-                    path: Some(path.clone()),
-                    ..AuditConfig::default()
-                })
-                .unwrap();
-                let layer = ObserveLayer::new(audit, Arc::new(Metrics::new().unwrap()));
+                let layer = observing(&path);
                 let total: usize = chunks.iter().map(Vec::len).sum();
                 let body = Chunks {
                     chunks: chunks.iter().map(|c| Bytes::from(c.clone())).collect(),
@@ -430,12 +432,7 @@ mod tests {
                 let observe = layer.layer(Answer(std::sync::Mutex::new(Some(Body::new(body)))));
                 let resp = observe.handle(http::Request::new(crate::body::empty())).await.unwrap();
                 let mut body = resp.into_body();
-                let finals = || {
-                    std::fs::read_to_string(&path)
-                        .unwrap_or_default()
-                        .matches("\"phase\":\"final\"")
-                        .count()
-                };
+                let finals = || finals_in(&path);
                 let mut got = Vec::new();
                 loop {
                     // hyper stops once the body says it has ended.
