@@ -920,6 +920,15 @@ fn audit_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The request ids of a log's records of one phase (`final`, `intent`).
+fn request_ids(dir: &std::path::Path, phase: &str) -> std::collections::HashSet<String> {
+    audit_records(dir)
+        .iter()
+        .filter(|r| r["phase"] == phase)
+        .filter_map(|r| r["request_id"].as_str().map(str::to_string))
+        .collect()
+}
+
 fn verify_audit(dir: &std::path::Path) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_redcap-gateway"))
         .arg("verify-audit")
@@ -958,11 +967,7 @@ async fn stops_and_crashes_under_load_keep_the_audit_whole() {
         answered.extend(c.await.unwrap().0);
     }
     assert!(answered.len() > 50, "{} answered", answered.len());
-    let finals: std::collections::HashSet<String> = audit_records(gw.dir())
-        .iter()
-        .filter(|r| r["phase"] == "final")
-        .filter_map(|r| r["request_id"].as_str().map(str::to_string))
-        .collect();
+    let finals = request_ids(gw.dir(), "final");
     let missing: Vec<&String> = answered.iter().filter(|id| !finals.contains(*id)).collect();
     assert!(
         missing.is_empty(),
@@ -982,11 +987,7 @@ async fn stops_and_crashes_under_load_keep_the_audit_whole() {
         for c in clients {
             answered.extend(c.await.unwrap().0);
         }
-        let finals: std::collections::HashSet<String> = audit_records(gw.dir())
-            .iter()
-            .filter(|r| r["phase"] == "final")
-            .filter_map(|r| r["request_id"].as_str().map(str::to_string))
-            .collect();
+        let finals = request_ids(gw.dir(), "final");
         // The record of an answer is written before its last bytes are released.
         let missing: Vec<&String> = answered.iter().filter(|id| !finals.contains(*id)).collect();
         eprintln!(
@@ -1000,11 +1001,7 @@ async fn stops_and_crashes_under_load_keep_the_audit_whole() {
         );
         // Every import REDCap received had its intent on disk first (the intent is
         // written before the call is forwarded, so a kill cannot reorder them).
-        let intents: std::collections::HashSet<String> = audit_records(gw.dir())
-            .iter()
-            .filter(|r| r["phase"] == "intent")
-            .filter_map(|r| r["request_id"].as_str().map(str::to_string))
-            .collect();
+        let intents = request_ids(gw.dir(), "intent");
         for (head, body) in rec.requests() {
             if !String::from_utf8_lossy(&body).contains("action=import") {
                 continue;
