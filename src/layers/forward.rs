@@ -169,7 +169,7 @@ impl Handler for Forward {
             let body = IdleLimited {
                 inner: body,
                 idle: this.body_idle,
-                last: std::time::Instant::now(),
+                fresh: false,
                 sleep: None,
             };
             Ok(Resp::from_parts(parts, boxed(body)))
@@ -179,11 +179,13 @@ impl Handler for Forward {
 
 /// REDCap's answer, cut off with an error when no byte has come for `idle` once it has
 /// begun. The timer is armed only when REDCap keeps the body waiting (a small answer that
-/// comes whole never arms it), and reset lazily: a frame just notes the time.
+/// comes whole never arms it, nor reads the clock), and only re-armed when REDCap has
+/// sent something since: the wait counts from the first time the body had nothing.
 struct IdleLimited {
     inner: crate::upstream::PooledBody,
     idle: Duration,
-    last: std::time::Instant,
+    /// A frame came since the timer was armed.
+    fresh: bool,
     sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -204,17 +206,20 @@ impl http_body::Body for IdleLimited {
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.last = std::time::Instant::now();
+                this.fresh = true;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                let deadline = tokio::time::Instant::from_std(this.last + this.idle);
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if sleep.deadline() != deadline {
-                    sleep.as_mut().reset(deadline);
-                }
+                let idle = this.idle;
+                let sleep = match &mut this.sleep {
+                    Some(sleep) if this.fresh => {
+                        sleep.as_mut().reset(tokio::time::Instant::now() + idle);
+                        sleep
+                    }
+                    Some(sleep) => sleep,
+                    None => this.sleep.insert(Box::pin(tokio::time::sleep(idle))),
+                };
+                this.fresh = false;
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         tracing::warn!(idle = ?this.idle, "REDCap stalled mid-answer; transfer cut off");
