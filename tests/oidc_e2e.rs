@@ -99,11 +99,7 @@ async fn real_oidc_provider_rotation_and_outage() {
     let dir = tempfile::tempdir().unwrap();
     let k1 = genkey(dir.path(), "k1").await;
     let k2 = genkey(dir.path(), "k2").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let idp = provider(port, &[&k1]).await;
     let issuer = format!("http://127.0.0.1:{port}");
     let section = format!(

@@ -456,11 +456,7 @@ async fn redis() -> Option<Redis> {
     if !have("redis-server", &["--version"]) {
         return None;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let server = Command::new("redis-server")
         .args([
             "--port",

@@ -30,11 +30,7 @@ async fn start_php() -> Option<Php> {
     if !common::have("php", &["-v"]) {
         return None;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/php/oracle.php");
     let mut cmd = Command::new("php");
     cmd.args([

@@ -147,14 +147,6 @@ struct Gateway {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Gateway {
     /// `server` and `limits` are extra lines for those sections.
     async fn start(upstream: SocketAddr, server: &str, limits: &str) -> Gateway {
@@ -177,7 +169,7 @@ impl Gateway {
         )
         .unwrap();
         std::fs::write(d.join("token"), VAULT_TOKEN).unwrap();
-        let (port, admin) = (free_port(), free_port());
+        let (port, admin) = (common::free_port(), common::free_port());
         let config = format!(
             r#"[server]
 listen = "127.0.0.1:{port}"
@@ -1097,7 +1089,7 @@ async fn faulty_upstream(fault: Fault) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_faults_get_clear_answers_and_never_a_clean_short_200() {
     let upstream_lines = "request_timeout = \"1s\"\nbody_idle_timeout = \"1s\"";
-    let closed_port = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let closed_port = SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let gw = Gateway::start_with(closed_port, "", "", upstream_lines).await;
     let a = gw.ask_once(Duration::from_secs(3)).await;
     assert_eq!(a.statuses(), vec![502], "refused: {}", a.text);

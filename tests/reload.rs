@@ -149,10 +149,7 @@ async fn requests_in_flight_finish_on_the_config_they_started_on() {
 #[tokio::test]
 async fn the_binary_reloads_on_sighup_and_on_file_change() {
     use tokio::io::{AsyncBufReadExt, BufReader};
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_redcap-gateway"))
         .args(["dev", "--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::piped())

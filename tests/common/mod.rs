@@ -252,6 +252,15 @@ pub fn with_limits(lines: &str) -> impl FnOnce(String) -> String + '_ {
     move |t: String| t.replacen("[upstream]", &format!("[limits]\n{lines}\n\n[upstream]"), 1)
 }
 
+/// A port free on 127.0.0.1 just now, for a server a test starts (another process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Waits until something listens on 127.0.0.1:port (a server started by a test).
 pub async fn wait_for_port(port: u16) -> bool {
     for _ in 0..200 {
