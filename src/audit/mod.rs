@@ -125,10 +125,11 @@ struct Log {
     chain: std::sync::Mutex<Chain>,
     key: Option<Secret>,
     fsync: bool,
-    /// Intents may be written by the thread that asks for them: the sink is a regular
+    /// Intents and the final records of complete answers may be written by the thread
+    /// that asks for them (`write_inline`): the sink is a regular
     /// file (a write lands in the page cache; a pipe or terminal could block on a slow
     /// reader) and nothing waits for fsync.
-    inline_intents: bool,
+    inline_writes: bool,
     healthy: AtomicBool,
     ok: prometheus::IntCounter,
     failed: prometheus::IntCounter,
@@ -397,7 +398,7 @@ impl Audit {
             chain: std::sync::Mutex::new(Chain { sink, prev }),
             key: cfg.hmac_key.clone(),
             fsync: cfg.fsync,
-            inline_intents: regular && !cfg.fsync,
+            inline_writes: regular && !cfg.fsync,
             healthy: AtomicBool::new(true),
             ok: writes_ok.clone(),
             failed: writes_failed.clone(),
@@ -425,6 +426,16 @@ impl Audit {
         line::to_json(r)
     }
 
+    /// Writes `line` on the calling thread, when the sink allows it and the writer thread
+    /// is not writing at this moment (None: the writer thread must do it).
+    fn write_inline(&self, line: &str) -> Option<Result<(), String>> {
+        if !self.log.inline_writes {
+            return None;
+        }
+        let mut chain = self.log.try_lock()?;
+        Some(self.log.append(&mut chain, std::iter::once(line), false))
+    }
+
     /// Writes and flushes an intent record; only then may a mutating call be forwarded.
     ///
     /// Into a regular file without fsync, the calling thread writes it itself when the
@@ -433,13 +444,8 @@ impl Audit {
     /// most of what an import cost over an export). Otherwise the writer thread writes it.
     pub async fn intent(&self, r: &Record<'_>) -> Result<(), AuditUnavailable> {
         let line = Self::line(r);
-        if self.log.inline_intents {
-            if let Some(mut chain) = self.log.try_lock() {
-                return self
-                    .log
-                    .append(&mut chain, std::iter::once(line.as_str()), false)
-                    .map_err(AuditUnavailable);
-            }
+        if let Some(written) = self.write_inline(&line) {
+            return written.map_err(AuditUnavailable);
         }
         let (ack, done) = oneshot::channel();
         self.tx
@@ -468,15 +474,10 @@ impl Audit {
         r: &Record<'_>,
     ) -> Option<oneshot::Receiver<Result<(), String>>> {
         let line = Self::line(r);
-        if self.log.inline_intents {
-            if let Some(mut chain) = self.log.try_lock() {
-                // A failure is counted and logged, and the log marked unhealthy; the
-                // answer still goes (the caller already has all but its last bytes).
-                let _ = self
-                    .log
-                    .append(&mut chain, std::iter::once(line.as_str()), false);
-                return None;
-            }
+        // A failure is counted and logged, and the log marked unhealthy; the answer
+        // still goes (the caller already has all but its last bytes).
+        if self.write_inline(&line).is_some() {
+            return None;
         }
         let (ack, done) = oneshot::channel();
         let queued = self.enqueue(Msg::Write {
@@ -717,7 +718,7 @@ mod tests {
                 ..AuditConfig::default()
             };
             let audit = Audit::start(&cfg).unwrap();
-            assert_eq!(audit.log.inline_intents, expect_inline);
+            assert_eq!(audit.log.inline_writes, expect_inline);
             let tasks: Vec<_> = (0..8)
                 .map(|t| {
                     let audit = audit.clone();
